@@ -1,0 +1,560 @@
+//! [`UserStream`]: the per-user aggregate (id = the JWT `sub`). It owns every rule of
+//! PROTOCOL section 2.2, so no path into the system can skip one.
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::UserCommand;
+use crate::error::DomainError;
+use crate::events::{Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent};
+use crate::grading::{self, OFFLINE_GRADER};
+use crate::test_definition::TestDefinition;
+
+/// Longest chat message accepted, in characters.
+pub const MAX_CHAT_CHARS: usize = 2_000;
+/// Where bank questions come from, recorded in `QuestionPresented::source`.
+pub const QUESTION_BANK: &str = "question_bank";
+
+/// Everything the rules need to know about one user, rebuilt from their events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserStream {
+    /// The sequence number of the last event applied (streams number events 1, 2, 3, ...).
+    pub sequence: usize,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub assessment_id: String,
+    pub test_id: String,
+    pub test_version: u32,
+    pub title: String,
+    pub attempt: u32,
+    pub total_questions: u32,
+    pub max_score: f64,
+    pub pass_ratio: f64,
+    pub time_limit_secs: Option<u32>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub question_order: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub started_seq: usize,
+    /// The question shown and not yet answered, with the sequence of its event.
+    pub current_question: Option<(PresentedQuestion, usize)>,
+    pub answers: Vec<RecordedAnswer>,
+    pub score: f64,
+    pub status: AttemptStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AttemptStatus {
+    InProgress,
+    Completed {
+        reason: CompletionReason,
+        passed: bool,
+        completed_at: DateTime<Utc>,
+        seq: usize,
+    },
+}
+
+/// An answer and, once graded, the feedback it got (with the feedback event's sequence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedAnswer {
+    pub question_id: String,
+    pub answer: Answer,
+    pub feedback: Option<RecordedFeedback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedFeedback {
+    pub correct: bool,
+    pub score: f64,
+    pub max_score: f64,
+    pub feedback: String,
+    pub seq: usize,
+}
+
+impl Attempt {
+    pub fn is_in_progress(&self) -> bool {
+        self.status == AttemptStatus::InProgress
+    }
+
+    pub fn answered(&self) -> u32 {
+        self.answers.len() as u32
+    }
+
+    pub fn answer_to(&self, question_id: &str) -> Option<&RecordedAnswer> {
+        self.answers.iter().find(|a| a.question_id == question_id)
+    }
+
+    fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+        self.is_in_progress() && self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+impl UserStream {
+    /// The attempt in progress, if any (there is at most one).
+    pub fn in_progress(&self) -> Option<&Attempt> {
+        self.attempts.iter().find(|a| a.is_in_progress())
+    }
+
+    pub fn attempt(&self, assessment_id: &str) -> Option<&Attempt> {
+        self.attempts.iter().find(|a| a.assessment_id == assessment_id)
+    }
+
+    fn attempt_mut(&mut self, assessment_id: &str) -> Option<&mut Attempt> {
+        self.attempts.iter_mut().find(|a| a.assessment_id == assessment_id)
+    }
+
+    pub fn attempts_used(&self, test_id: &str) -> u32 {
+        self.attempts.iter().filter(|a| a.test_id == test_id).count() as u32
+    }
+
+    /// Decides which events `command` produces, without changing `self`.
+    ///
+    /// # Errors
+    /// The [`DomainError`] of the first rule the command breaks; then nothing is recorded.
+    pub fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, DomainError> {
+        let mut decision = Decision {
+            state: self.clone(),
+            events: Vec::new(),
+        };
+        decision.expire_overdue(command.now());
+        match command {
+            UserCommand::StartAssessment {
+                test,
+                assessment_id,
+                question_order,
+                now,
+            } => decision.start(&test, assessment_id, question_order, now)?,
+            UserCommand::SubmitAnswer {
+                assessment_id,
+                question_id,
+                answer,
+                test,
+                now,
+            } => decision.submit(&assessment_id, &question_id, answer, &test, now)?,
+            UserCommand::ExpireOverdue { .. } => {}
+            UserCommand::Chat {
+                assessment_id,
+                text,
+                reply,
+                tutor,
+                now,
+            } => decision.chat(assessment_id, text, reply, tutor, now)?,
+            UserCommand::EndByAdmin { assessment_id, now } => {
+                decision.end_by_admin(&assessment_id, now)?
+            }
+        }
+        Ok(decision.events)
+    }
+}
+
+/// A command being decided: the events so far, and the state they lead to.
+struct Decision {
+    state: UserStream,
+    events: Vec<UserEvent>,
+}
+
+impl Decision {
+    fn emit(&mut self, event: UserEvent) {
+        self.state.apply(event.clone());
+        self.events.push(event);
+    }
+
+    fn expire_overdue(&mut self, now: DateTime<Utc>) {
+        let overdue = self
+            .state
+            .in_progress()
+            .filter(|a| a.is_overdue(now))
+            .map(|a| completion(a, CompletionReason::TimeExpired, now));
+        if let Some(event) = overdue {
+            self.emit(event);
+        }
+    }
+
+    fn start(
+        &mut self,
+        test: &TestDefinition,
+        assessment_id: String,
+        question_order: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DomainError> {
+        if let Some(current) = self.state.in_progress() {
+            if current.test_id == test.id {
+                return Ok(()); // resumed: nothing to record
+            }
+            return Err(DomainError::AssessmentInProgress {
+                test_id: current.test_id.clone(),
+            });
+        }
+        let used = self.state.attempts_used(&test.id);
+        if used >= test.max_attempts {
+            return Err(DomainError::AttemptsUsedUp {
+                test_id: test.id.clone(),
+                max_attempts: test.max_attempts,
+            });
+        }
+        let mut sorted_order = question_order.clone();
+        sorted_order.sort();
+        let mut ids: Vec<String> = test.questions.iter().map(|q| q.id.clone()).collect();
+        ids.sort();
+        if sorted_order != ids {
+            return Err(DomainError::InconsistentCommand(
+                "question_order is not a permutation of the test's questions".into(),
+            ));
+        }
+        if self.state.attempt(&assessment_id).is_some() {
+            return Err(DomainError::InconsistentCommand(format!(
+                "assessment id {assessment_id} is already used"
+            )));
+        }
+        self.emit(UserEvent::AssessmentStarted {
+            assessment_id: assessment_id.clone(),
+            test_id: test.id.clone(),
+            test_version: test.version,
+            title: test.title.clone(),
+            attempt: used + 1,
+            total_questions: test.questions.len() as u32,
+            max_score: test.max_score(),
+            pass_ratio: test.pass_ratio,
+            time_limit_secs: test.time_limit_secs,
+            deadline: test
+                .time_limit_secs
+                .map(|secs| now + Duration::seconds(i64::from(secs))),
+            question_order,
+            started_at: now,
+        });
+        self.present_next(&assessment_id, test, now)
+    }
+
+    fn submit(
+        &mut self,
+        assessment_id: &str,
+        question_id: &str,
+        answer: Answer,
+        test: &TestDefinition,
+        now: DateTime<Utc>,
+    ) -> Result<(), DomainError> {
+        let attempt = self
+            .state
+            .attempt(assessment_id)
+            .ok_or_else(|| DomainError::AssessmentNotFound {
+                assessment_id: assessment_id.to_string(),
+            })?;
+        // A retry of a recorded answer is answered from the record, whatever came since.
+        if let Some(recorded) = attempt.answer_to(question_id) {
+            if recorded.answer.same_as(&answer) {
+                return Ok(());
+            }
+            return Err(DomainError::AnswerAlreadyRecorded {
+                question_id: question_id.to_string(),
+            });
+        }
+        if let AttemptStatus::Completed { reason, .. } = &attempt.status {
+            let just_expired = self.events.iter().any(|e| {
+                matches!(e, UserEvent::AssessmentCompleted { assessment_id: id, .. } if id == assessment_id)
+            });
+            if just_expired {
+                // Record the expiry; the caller reports time_expired for the late answer.
+                return Ok(());
+            }
+            return Err(if *reason == CompletionReason::TimeExpired {
+                DomainError::TimeExpired {
+                    assessment_id: assessment_id.to_string(),
+                }
+            } else {
+                DomainError::AssessmentCompleted {
+                    assessment_id: assessment_id.to_string(),
+                }
+            });
+        }
+        if attempt.test_id != test.id || attempt.test_version != test.version {
+            return Err(DomainError::InconsistentCommand(format!(
+                "attempt is of {} v{}, command carries {} v{}",
+                attempt.test_id, attempt.test_version, test.id, test.version
+            )));
+        }
+        let is_current = attempt
+            .current_question
+            .as_ref()
+            .is_some_and(|(q, _)| q.question_id == question_id);
+        if !is_current {
+            return Err(DomainError::WrongQuestion {
+                question_id: question_id.to_string(),
+            });
+        }
+        let question = test.question(question_id).ok_or_else(|| {
+            DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
+        })?;
+        grading::check_answer_shape(question, &answer).map_err(DomainError::InvalidAnswer)?;
+        let grade = grading::grade(question, &answer);
+        self.emit(UserEvent::AnswerSubmitted {
+            assessment_id: assessment_id.to_string(),
+            question_id: question_id.to_string(),
+            answer,
+            submitted_at: now,
+        });
+        self.emit(UserEvent::FeedbackGiven {
+            assessment_id: assessment_id.to_string(),
+            question_id: question_id.to_string(),
+            correct: grade.correct,
+            score: grade.score,
+            max_score: grade.max_score,
+            feedback: grade.feedback,
+            graded_by: OFFLINE_GRADER.to_string(),
+            given_at: now,
+        });
+        self.present_next(assessment_id, test, now)
+    }
+
+    /// Presents the next question of the order, or completes the attempt after the last.
+    fn present_next(
+        &mut self,
+        assessment_id: &str,
+        test: &TestDefinition,
+        now: DateTime<Utc>,
+    ) -> Result<(), DomainError> {
+        let Some(attempt) = self.state.attempt(assessment_id) else {
+            return Err(DomainError::AssessmentNotFound {
+                assessment_id: assessment_id.to_string(),
+            });
+        };
+        let answered = attempt.answers.len();
+        let Some(next_id) = attempt.question_order.get(answered) else {
+            let event = completion(attempt, CompletionReason::AllAnswered, now);
+            self.emit(event);
+            return Ok(());
+        };
+        let question = test.question(next_id).ok_or_else(|| {
+            DomainError::InconsistentCommand(format!("question {next_id} is not in the test"))
+        })?;
+        self.emit(UserEvent::QuestionPresented {
+            assessment_id: assessment_id.to_string(),
+            question: PresentedQuestion {
+                question_id: question.id.clone(),
+                position: answered as u32 + 1,
+                kind: question.kind,
+                prompt: question.prompt.clone(),
+                choices: question
+                    .choices
+                    .iter()
+                    .map(|c| PresentedChoice {
+                        id: c.id.clone(),
+                        text: c.text.clone(),
+                    })
+                    .collect(),
+                points: question.points,
+            },
+            source: QUESTION_BANK.to_string(),
+            presented_at: now,
+        });
+        Ok(())
+    }
+
+    fn chat(
+        &mut self,
+        assessment_id: Option<String>,
+        text: String,
+        reply: String,
+        tutor: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), DomainError> {
+        if text.trim().is_empty() {
+            return Err(DomainError::InvalidChat("text must not be empty".into()));
+        }
+        if text.chars().count() > MAX_CHAT_CHARS {
+            return Err(DomainError::InvalidChat(format!(
+                "text is longer than {MAX_CHAT_CHARS} characters"
+            )));
+        }
+        let question_id = match &assessment_id {
+            None => None,
+            Some(id) => {
+                let attempt =
+                    self.state
+                        .attempt(id)
+                        .ok_or_else(|| DomainError::AssessmentNotFound {
+                            assessment_id: id.clone(),
+                        })?;
+                attempt
+                    .current_question
+                    .as_ref()
+                    .map(|(q, _)| q.question_id.clone())
+            }
+        };
+        self.emit(UserEvent::ChatExchanged {
+            assessment_id,
+            question_id,
+            user_text: text,
+            reply_text: reply,
+            tutor,
+            exchanged_at: now,
+        });
+        Ok(())
+    }
+
+    fn end_by_admin(&mut self, assessment_id: &str, now: DateTime<Utc>) -> Result<(), DomainError> {
+        let attempt =
+            self.state
+                .attempt(assessment_id)
+                .ok_or_else(|| DomainError::AssessmentNotFound {
+                    assessment_id: assessment_id.to_string(),
+                })?;
+        if !attempt.is_in_progress() {
+            return Err(DomainError::AssessmentCompleted {
+                assessment_id: assessment_id.to_string(),
+            });
+        }
+        let event = completion(attempt, CompletionReason::EndedByAdmin, now);
+        self.emit(event);
+        Ok(())
+    }
+}
+
+fn completion(attempt: &Attempt, reason: CompletionReason, now: DateTime<Utc>) -> UserEvent {
+    UserEvent::AssessmentCompleted {
+        assessment_id: attempt.assessment_id.clone(),
+        test_id: attempt.test_id.clone(),
+        score: attempt.score,
+        max_score: attempt.max_score,
+        passed: grading::passed(attempt.score, attempt.max_score, attempt.pass_ratio),
+        reason,
+        completed_at: now,
+    }
+}
+
+impl Aggregate for UserStream {
+    const TYPE: &'static str = "user";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.sequence += 1;
+        let seq = self.sequence;
+        match event {
+            UserEvent::AssessmentStarted {
+                assessment_id,
+                test_id,
+                test_version,
+                title,
+                attempt,
+                total_questions,
+                max_score,
+                pass_ratio,
+                time_limit_secs,
+                deadline,
+                question_order,
+                started_at,
+            } => self.attempts.push(Attempt {
+                assessment_id,
+                test_id,
+                test_version,
+                title,
+                attempt,
+                total_questions,
+                max_score,
+                pass_ratio,
+                time_limit_secs,
+                deadline,
+                question_order,
+                started_at,
+                started_seq: seq,
+                current_question: None,
+                answers: Vec::new(),
+                score: 0.0,
+                status: AttemptStatus::InProgress,
+            }),
+            UserEvent::QuestionPresented {
+                assessment_id,
+                question,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.current_question = Some((question, seq));
+                }
+            }
+            UserEvent::AnswerSubmitted {
+                assessment_id,
+                question_id,
+                answer,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    if a.current_question
+                        .as_ref()
+                        .is_some_and(|(q, _)| q.question_id == question_id)
+                    {
+                        a.current_question = None;
+                    }
+                    a.answers.push(RecordedAnswer {
+                        question_id,
+                        answer,
+                        feedback: None,
+                    });
+                }
+            }
+            UserEvent::FeedbackGiven {
+                assessment_id,
+                question_id,
+                correct,
+                score,
+                max_score,
+                feedback,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.score += score;
+                    if let Some(recorded) =
+                        a.answers.iter_mut().find(|r| r.question_id == question_id)
+                    {
+                        recorded.feedback = Some(RecordedFeedback {
+                            correct,
+                            score,
+                            max_score,
+                            feedback,
+                            seq,
+                        });
+                    }
+                }
+            }
+            UserEvent::AssessmentCompleted {
+                assessment_id,
+                passed,
+                reason,
+                completed_at,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.current_question = None;
+                    a.status = AttemptStatus::Completed {
+                        reason,
+                        passed,
+                        completed_at,
+                        seq,
+                    };
+                }
+            }
+            UserEvent::ChatExchanged { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! Given/when/then tests of every rule, with cqrs-es's `TestFramework`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use cqrs_es::test::TestFramework;
+
+use super::*;
+use crate::test_definition::TestDefinition;
+
+type Given = TestFramework<UserStream>;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap()
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(secs)
+}
+
+/// The protocol's example test: q1 single (1 pt), q2 multiple (2 pts), q3 free text (2 pts).
+fn rust_test() -> Arc<TestDefinition> {
+    let mut t: TestDefinition = serde_json::from_str(
+        r#"{"title":"Rust basics","max_attempts":2,"time_limit_secs":600,"pass_ratio":0.6,
+        "questions":[
+        {"id":"q1","kind":"single_choice","prompt":"Which keyword declares a constant?",
+         "choices":[{"id":"a","text":"let"},{"id":"b","text":"const"}],"answer":"b","points":1},
+        {"id":"q2","kind":"multiple_choice","prompt":"Which are integer types?",
+         "choices":[{"id":"a","text":"u8"},{"id":"b","text":"f32"},{"id":"c","text":"i64"}],
+         "answer":["a","c"],"points":2},
+        {"id":"q3","kind":"free_text","prompt":"What does the borrow checker enforce?",
+         "keywords":["ownership","borrow","lifetime"],"points":2}]}"#,
+    )
+    .unwrap();
+    t.id = "rust".into();
+    t.version = 1;
+    t.validate().unwrap();
+    Arc::new(t)
+}
+
+fn other_test() -> Arc<TestDefinition> {
+    let mut t = (*rust_test()).clone();
+    t.id = "other".into();
+    Arc::new(t)
+}
+
+fn start(test: &Arc<TestDefinition>, id: &str, now: DateTime<Utc>) -> UserCommand {
+    UserCommand::StartAssessment {
+        test: test.clone(),
+        assessment_id: id.into(),
+        question_order: test.questions.iter().map(|q| q.id.clone()).collect(),
+        now,
+    }
+}
+
+fn submit(id: &str, question: &str, answer: Answer, now: DateTime<Utc>) -> UserCommand {
+    UserCommand::SubmitAnswer {
+        assessment_id: id.into(),
+        question_id: question.into(),
+        answer,
+        test: rust_test(),
+        now,
+    }
+}
+
+fn text(s: &str) -> Answer {
+    Answer::Text(s.into())
+}
+
+/// Runs `command` on the state `given` leads to and returns the events it produced.
+fn events_of(given: &[UserEvent], command: UserCommand) -> Vec<UserEvent> {
+    Given::with(())
+        .given(given.to_vec())
+        .when(command)
+        .inspect_result()
+        .expect("command accepted")
+}
+
+fn started(id: &str) -> Vec<UserEvent> {
+    events_of(&[], start(&rust_test(), id, t0()))
+}
+
+/// The events of attempt `id` with every question answered correctly.
+fn completed(id: &str) -> Vec<UserEvent> {
+    let mut events = started(id);
+    for (q, a) in [
+        ("q1", text("b")),
+        ("q2", Answer::Choices(vec!["c".into(), "a".into()])),
+        ("q3", text("ownership borrow lifetime")),
+    ] {
+        let more = events_of(&events, submit(id, q, a, at(10)));
+        events.extend(more);
+    }
+    events
+}
+
+#[test]
+fn starting_records_the_attempt_and_presents_the_first_question() {
+    let events = started("a1");
+    assert_eq!(events.len(), 2);
+    let UserEvent::AssessmentStarted {
+        attempt,
+        total_questions,
+        deadline,
+        max_score,
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!((*attempt, *total_questions, *max_score), (1, 3, 5.0));
+    assert_eq!(*deadline, Some(at(600)));
+    let UserEvent::QuestionPresented { question, source, .. } = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((question.question_id.as_str(), question.position), ("q1", 1));
+    assert_eq!(question.choices.len(), 2);
+    assert_eq!(source, QUESTION_BANK);
+}
+
+#[test]
+fn starting_the_test_in_progress_again_resumes_it_and_records_nothing() {
+    Given::with(())
+        .given(started("a1"))
+        .when(start(&rust_test(), "a2", at(5)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn only_one_attempt_is_in_progress_at_a_time() {
+    Given::with(())
+        .given(started("a1"))
+        .when(start(&other_test(), "b1", at(5)))
+        .then_expect_error(DomainError::AssessmentInProgress {
+            test_id: "rust".into(),
+        });
+}
+
+#[test]
+fn a_completed_attempt_is_not_restarted_when_attempts_are_used_up() {
+    let mut once = (*rust_test()).clone();
+    once.max_attempts = 1;
+    Given::with(())
+        .given(completed("a1"))
+        .when(start(&Arc::new(once), "a2", at(20)))
+        .then_expect_error(DomainError::AttemptsUsedUp {
+            test_id: "rust".into(),
+            max_attempts: 1,
+        });
+}
+
+#[test]
+fn max_attempts_allows_a_second_attempt_and_numbers_it() {
+    let events = events_of(&completed("a1"), start(&rust_test(), "a2", at(20)));
+    assert!(matches!(
+        events[0],
+        UserEvent::AssessmentStarted { attempt: 2, .. }
+    ));
+    let mut all = completed("a1");
+    all.extend(events);
+    let done = completed("a2")
+        .into_iter()
+        .skip(2) // a2's start was already taken from `events`
+        .collect::<Vec<_>>();
+    all.extend(done);
+    Given::with(())
+        .given(all)
+        .when(start(&rust_test(), "a3", at(30)))
+        .then_expect_error(DomainError::AttemptsUsedUp {
+            test_id: "rust".into(),
+            max_attempts: 2,
+        });
+}
+
+#[test]
+fn answering_records_answer_feedback_and_the_next_question() {
+    let events = events_of(&started("a1"), submit("a1", "q1", text("b"), at(10)));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(&events[0], UserEvent::AnswerSubmitted { question_id, .. } if question_id == "q1"));
+    assert!(matches!(
+        &events[1],
+        UserEvent::FeedbackGiven { correct: true, score, graded_by, .. } if *score == 1.0 && graded_by == "offline"
+    ));
+    assert!(matches!(
+        &events[2],
+        UserEvent::QuestionPresented { question, .. } if question.question_id == "q2" && question.position == 2
+    ));
+}
+
+#[test]
+fn the_last_answer_completes_the_attempt_with_score_and_pass() {
+    let events = completed("a1");
+    let last = events.last().unwrap();
+    assert_eq!(
+        last,
+        &UserEvent::AssessmentCompleted {
+            assessment_id: "a1".into(),
+            test_id: "rust".into(),
+            score: 5.0,
+            max_score: 5.0,
+            passed: true,
+            reason: CompletionReason::AllAnswered,
+            completed_at: at(10),
+        }
+    );
+}
+
+#[test]
+fn a_low_score_fails() {
+    let mut events = started("a1");
+    for (q, a) in [
+        ("q1", text("a")),
+        ("q2", Answer::Choices(vec!["a".into()])),
+        ("q3", text("ownership")),
+    ] {
+        let more = events_of(&events, submit("a1", q, a, at(10)));
+        events.extend(more);
+    }
+    assert!(matches!(
+        events.last().unwrap(),
+        UserEvent::AssessmentCompleted { passed: false, score, .. } if (*score - 2.0 / 3.0).abs() < 1e-9
+    ));
+}
+
+#[test]
+fn a_resent_answer_appends_nothing() {
+    let mut given = started("a1");
+    given.extend(events_of(&given, submit("a1", "q1", text("b"), at(10))));
+    Given::with(())
+        .given(given.clone())
+        .when(submit("a1", "q1", text("b"), at(11)))
+        .then_expect_events(vec![]);
+    // and the recorded feedback is there for the caller to send again
+    let mut state = UserStream::default();
+    for e in given {
+        state.apply(e);
+    }
+    let feedback = state.attempt("a1").unwrap().answer_to("q1").unwrap().feedback.clone();
+    assert!(matches!(feedback, Some(RecordedFeedback { correct: true, seq: 4, .. })));
+}
+
+#[test]
+fn a_resent_answer_after_completion_appends_nothing() {
+    Given::with(())
+        .given(completed("a1"))
+        .when(submit("a1", "q3", text("ownership borrow lifetime"), at(30)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_different_answer_to_an_answered_question_is_refused() {
+    let mut given = started("a1");
+    given.extend(events_of(&given, submit("a1", "q1", text("b"), at(10))));
+    Given::with(())
+        .given(given)
+        .when(submit("a1", "q1", text("a"), at(11)))
+        .then_expect_error(DomainError::AnswerAlreadyRecorded {
+            question_id: "q1".into(),
+        });
+}
+
+#[test]
+fn answering_a_question_that_is_not_current_is_refused() {
+    Given::with(())
+        .given(started("a1"))
+        .when(submit("a1", "q2", Answer::Choices(vec!["a".into()]), at(10)))
+        .then_expect_error(DomainError::WrongQuestion {
+            question_id: "q2".into(),
+        });
+}
+
+#[test]
+fn an_answer_of_the_wrong_shape_is_refused() {
+    let result = Given::with(())
+        .given(started("a1"))
+        .when(submit("a1", "q1", text("zzz"), at(10)))
+        .inspect_result();
+    assert!(matches!(result, Err(DomainError::InvalidAnswer(_))), "{result:?}");
+}
+
+#[test]
+fn answering_an_unknown_attempt_is_not_found() {
+    Given::with(())
+        .given(started("a1"))
+        .when(submit("nope", "q1", text("b"), at(10)))
+        .then_expect_error(DomainError::AssessmentNotFound {
+            assessment_id: "nope".into(),
+        });
+}
+
+#[test]
+fn answering_a_completed_attempt_is_refused() {
+    Given::with(())
+        .given(completed("a1"))
+        .when(submit("a1", "q9", text("b"), at(30)))
+        .then_expect_error(DomainError::AssessmentCompleted {
+            assessment_id: "a1".into(),
+        });
+}
+
+#[test]
+fn an_answer_after_the_deadline_records_the_expiry_instead() {
+    Given::with(())
+        .given(started("a1"))
+        .when(submit("a1", "q1", text("b"), at(600)))
+        .then_expect_events(vec![UserEvent::AssessmentCompleted {
+            assessment_id: "a1".into(),
+            test_id: "rust".into(),
+            score: 0.0,
+            max_score: 5.0,
+            passed: false,
+            reason: CompletionReason::TimeExpired,
+            completed_at: at(600),
+        }]);
+}
+
+#[test]
+fn an_answer_to_an_expired_attempt_is_time_expired() {
+    let mut given = started("a1");
+    given.extend(events_of(&given, UserCommand::ExpireOverdue { now: at(700) }));
+    Given::with(())
+        .given(given)
+        .when(submit("a1", "q1", text("b"), at(701)))
+        .then_expect_error(DomainError::TimeExpired {
+            assessment_id: "a1".into(),
+        });
+}
+
+#[test]
+fn expiry_before_the_deadline_records_nothing() {
+    Given::with(())
+        .given(started("a1"))
+        .when(UserCommand::ExpireOverdue { now: at(599) })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn an_expired_attempt_frees_the_user_for_another_test() {
+    let events = events_of(&started("a1"), start(&other_test(), "b1", at(601)));
+    assert!(matches!(
+        &events[0],
+        UserEvent::AssessmentCompleted { reason: CompletionReason::TimeExpired, .. }
+    ));
+    assert!(matches!(&events[1], UserEvent::AssessmentStarted { test_id, .. } if test_id == "other"));
+}
+
+#[test]
+fn a_shuffled_order_is_followed_and_a_bad_one_refused() {
+    let test = rust_test();
+    let events = events_of(
+        &[],
+        UserCommand::StartAssessment {
+            test: test.clone(),
+            assessment_id: "a1".into(),
+            question_order: vec!["q3".into(), "q1".into(), "q2".into()],
+            now: t0(),
+        },
+    );
+    assert!(matches!(&events[1], UserEvent::QuestionPresented { question, .. } if question.question_id == "q3"));
+    let result = Given::with(())
+        .given_no_previous_events()
+        .when(UserCommand::StartAssessment {
+            test,
+            assessment_id: "a1".into(),
+            question_order: vec!["q1".into(), "q1".into(), "q2".into()],
+            now: t0(),
+        })
+        .inspect_result();
+    assert!(matches!(result, Err(DomainError::InconsistentCommand(_))));
+}
+
+#[test]
+fn an_attempt_keeps_the_test_version_it_started_with() {
+    let mut v2 = (*rust_test()).clone();
+    v2.version = 2;
+    let result = Given::with(())
+        .given(started("a1"))
+        .when(UserCommand::SubmitAnswer {
+            assessment_id: "a1".into(),
+            question_id: "q1".into(),
+            answer: text("b"),
+            test: Arc::new(v2),
+            now: at(1),
+        })
+        .inspect_result();
+    assert!(matches!(result, Err(DomainError::InconsistentCommand(_))), "{result:?}");
+}
+
+#[test]
+fn chat_is_recorded_with_the_question_on_screen() {
+    let events = events_of(
+        &started("a1"),
+        UserCommand::Chat {
+            assessment_id: Some("a1".into()),
+            text: "hint?".into(),
+            reply: "Think about mutability.".into(),
+            tutor: "offline_tutor".into(),
+            now: at(3),
+        },
+    );
+    assert!(matches!(
+        &events[..],
+        [UserEvent::ChatExchanged { question_id: Some(q), .. }] if q == "q1"
+    ));
+}
+
+#[test]
+fn empty_chat_and_chat_about_a_stranger_attempt_are_refused() {
+    let chat = |assessment_id: Option<&str>, text: &str| UserCommand::Chat {
+        assessment_id: assessment_id.map(String::from),
+        text: text.into(),
+        reply: "r".into(),
+        tutor: "offline_tutor".into(),
+        now: at(3),
+    };
+    assert!(matches!(
+        Given::with(()).given(started("a1")).when(chat(None, "  ")).inspect_result(),
+        Err(DomainError::InvalidChat(_))
+    ));
+    Given::with(())
+        .given(started("a1"))
+        .when(chat(Some("x"), "hi"))
+        .then_expect_error(DomainError::AssessmentNotFound {
+            assessment_id: "x".into(),
+        });
+}
+
+#[test]
+fn an_admin_ends_an_attempt_once() {
+    let events = events_of(
+        &started("a1"),
+        UserCommand::EndByAdmin {
+            assessment_id: "a1".into(),
+            now: at(5),
+        },
+    );
+    assert!(matches!(
+        &events[..],
+        [UserEvent::AssessmentCompleted { reason: CompletionReason::EndedByAdmin, .. }]
+    ));
+    let mut given = started("a1");
+    given.extend(events);
+    Given::with(())
+        .given(given)
+        .when(UserCommand::EndByAdmin {
+            assessment_id: "a1".into(),
+            now: at(6),
+        })
+        .then_expect_error(DomainError::AssessmentCompleted {
+            assessment_id: "a1".into(),
+        });
+}
+
+#[test]
+fn applying_counts_sequences_and_tracks_the_current_question() {
+    let mut state = UserStream::default();
+    for e in started("a1") {
+        state.apply(e);
+    }
+    assert_eq!(state.sequence, 2);
+    let attempt = state.in_progress().unwrap();
+    assert_eq!(attempt.current_question.as_ref().unwrap().1, 2);
+    assert_eq!(state.attempts_used("rust"), 1);
+}

@@ -1,0 +1,59 @@
+//! Commands to a user's stream. Whatever is not deterministic (the time, the random
+//! question order, the tutor's reply, the test definition as stored) is decided by the
+//! caller and carried in here, so the aggregate stays pure.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::events::Answer;
+use crate::test_definition::TestDefinition;
+
+#[derive(Debug, Clone)]
+pub enum UserCommand {
+    /// Start an attempt of `test` (its latest version), or resume it if it is in progress.
+    StartAssessment {
+        test: Arc<TestDefinition>,
+        /// A fresh id for the attempt, used only if one is started.
+        assessment_id: String,
+        /// The question ids in presentation order: the test's order, or a shuffle of it.
+        question_order: Vec<String>,
+        now: DateTime<Utc>,
+    },
+    /// Answer the current question of an attempt.
+    SubmitAnswer {
+        assessment_id: String,
+        question_id: String,
+        answer: Answer,
+        /// The definition at the version the attempt started with.
+        test: Arc<TestDefinition>,
+        now: DateTime<Utc>,
+    },
+    /// Complete the attempt in progress if its deadline has passed; otherwise nothing.
+    ExpireOverdue { now: DateTime<Utc> },
+    /// Record one tutor exchange; `reply` was written by the tutor named in `tutor`.
+    Chat {
+        assessment_id: Option<String>,
+        text: String,
+        reply: String,
+        tutor: String,
+        now: DateTime<Utc>,
+    },
+    /// An admin ends an attempt in progress.
+    EndByAdmin {
+        assessment_id: String,
+        now: DateTime<Utc>,
+    },
+}
+
+impl UserCommand {
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            UserCommand::StartAssessment { now, .. }
+            | UserCommand::SubmitAnswer { now, .. }
+            | UserCommand::ExpireOverdue { now }
+            | UserCommand::Chat { now, .. }
+            | UserCommand::EndByAdmin { now, .. } => *now,
+        }
+    }
+}

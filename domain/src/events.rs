@@ -1,0 +1,173 @@
+//! The six events of a user's stream (PROTOCOL section 4): a stored public format.
+//!
+//! Each event holds everything an auditor needs to see what happened without any other
+//! table: the question as presented, the answer as given, the feedback as given, and who or
+//! what produced it. Names and `event_type` strings are never changed; a new shape gets a
+//! new `event_version` and an upcaster.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::test_definition::QuestionKind;
+
+/// The version every event is written with today.
+pub const EVENT_VERSION: &str = "1.0";
+
+/// Why an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionReason {
+    AllAnswered,
+    TimeExpired,
+    EndedByAdmin,
+}
+
+impl CompletionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompletionReason::AllAnswered => "all_answered",
+            CompletionReason::TimeExpired => "time_expired",
+            CompletionReason::EndedByAdmin => "ended_by_admin",
+        }
+    }
+}
+
+/// An answer as the test-taker gave it: a choice id or free text, or a set of choice ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Text(String),
+    Choices(Vec<String>),
+}
+
+impl Answer {
+    /// Two answers are the same answer when they are the same text, or the same set of
+    /// choices in any order.
+    pub fn same_as(&self, other: &Answer) -> bool {
+        match (self, other) {
+            (Answer::Text(a), Answer::Text(b)) => a == b,
+            (Answer::Choices(a), Answer::Choices(b)) => {
+                let mut a = a.clone();
+                let mut b = b.clone();
+                a.sort();
+                b.sort();
+                a == b
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresentedChoice {
+    pub id: String,
+    pub text: String,
+}
+
+/// A question exactly as it was shown: enough to render it again and to audit it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresentedQuestion {
+    pub question_id: String,
+    /// 1-based position within the attempt.
+    pub position: u32,
+    pub kind: QuestionKind,
+    pub prompt: String,
+    pub choices: Vec<PresentedChoice>,
+    pub points: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    AssessmentStarted {
+        assessment_id: String,
+        test_id: String,
+        test_version: u32,
+        title: String,
+        /// 1-based attempt number for this test.
+        attempt: u32,
+        total_questions: u32,
+        max_score: f64,
+        pass_ratio: f64,
+        time_limit_secs: Option<u32>,
+        deadline: Option<DateTime<Utc>>,
+        /// The order the questions are presented in, chosen once per attempt.
+        question_order: Vec<String>,
+        started_at: DateTime<Utc>,
+    },
+    QuestionPresented {
+        assessment_id: String,
+        question: PresentedQuestion,
+        /// What produced the question: `question_bank`, or an AI model's name.
+        source: String,
+        presented_at: DateTime<Utc>,
+    },
+    AnswerSubmitted {
+        assessment_id: String,
+        question_id: String,
+        answer: Answer,
+        submitted_at: DateTime<Utc>,
+    },
+    FeedbackGiven {
+        assessment_id: String,
+        question_id: String,
+        correct: bool,
+        score: f64,
+        max_score: f64,
+        feedback: String,
+        /// What graded the answer: `offline` or an AI model's name.
+        graded_by: String,
+        given_at: DateTime<Utc>,
+    },
+    AssessmentCompleted {
+        assessment_id: String,
+        test_id: String,
+        score: f64,
+        max_score: f64,
+        passed: bool,
+        reason: CompletionReason,
+        completed_at: DateTime<Utc>,
+    },
+    ChatExchanged {
+        assessment_id: Option<String>,
+        /// The question on screen when the user asked, if any.
+        question_id: Option<String>,
+        user_text: String,
+        reply_text: String,
+        /// What wrote the reply: `offline_tutor` or an AI model's name.
+        tutor: String,
+        exchanged_at: DateTime<Utc>,
+    },
+}
+
+impl UserEvent {
+    /// The attempt the event belongs to, if any.
+    pub fn assessment_id(&self) -> Option<&str> {
+        match self {
+            UserEvent::AssessmentStarted { assessment_id, .. }
+            | UserEvent::QuestionPresented { assessment_id, .. }
+            | UserEvent::AnswerSubmitted { assessment_id, .. }
+            | UserEvent::FeedbackGiven { assessment_id, .. }
+            | UserEvent::AssessmentCompleted { assessment_id, .. } => Some(assessment_id),
+            UserEvent::ChatExchanged { assessment_id, .. } => assessment_id.as_deref(),
+        }
+    }
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            UserEvent::AssessmentStarted { .. } => "AssessmentStarted",
+            UserEvent::QuestionPresented { .. } => "QuestionPresented",
+            UserEvent::AnswerSubmitted { .. } => "AnswerSubmitted",
+            UserEvent::FeedbackGiven { .. } => "FeedbackGiven",
+            UserEvent::AssessmentCompleted { .. } => "AssessmentCompleted",
+            UserEvent::ChatExchanged { .. } => "ChatExchanged",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_string()
+    }
+}
