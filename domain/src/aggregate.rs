@@ -101,15 +101,22 @@ impl UserStream {
     }
 
     pub fn attempt(&self, assessment_id: &str) -> Option<&Attempt> {
-        self.attempts.iter().find(|a| a.assessment_id == assessment_id)
+        self.attempts
+            .iter()
+            .find(|a| a.assessment_id == assessment_id)
     }
 
     fn attempt_mut(&mut self, assessment_id: &str) -> Option<&mut Attempt> {
-        self.attempts.iter_mut().find(|a| a.assessment_id == assessment_id)
+        self.attempts
+            .iter_mut()
+            .find(|a| a.assessment_id == assessment_id)
     }
 
     pub fn attempts_used(&self, test_id: &str) -> u32 {
-        self.attempts.iter().filter(|a| a.test_id == test_id).count() as u32
+        self.attempts
+            .iter()
+            .filter(|a| a.test_id == test_id)
+            .count() as u32
     }
 
     /// Decides which events `command` produces, without changing `self`.
@@ -238,12 +245,12 @@ impl Decision {
         test: &TestDefinition,
         now: DateTime<Utc>,
     ) -> Result<(), DomainError> {
-        let attempt = self
-            .state
-            .attempt(assessment_id)
-            .ok_or_else(|| DomainError::AssessmentNotFound {
-                assessment_id: assessment_id.to_string(),
-            })?;
+        let attempt =
+            self.state
+                .attempt(assessment_id)
+                .ok_or_else(|| DomainError::AssessmentNotFound {
+                    assessment_id: assessment_id.to_string(),
+                })?;
         // A retry of a recorded answer is answered from the record, whatever came since.
         if let Some(recorded) = attempt.answer_to(question_id) {
             if recorded.answer.same_as(&answer) {
@@ -293,12 +300,14 @@ impl Decision {
         let grade = grading::grade(question, &answer);
         self.emit(UserEvent::AnswerSubmitted {
             assessment_id: assessment_id.to_string(),
+            test_id: test.id.clone(),
             question_id: question_id.to_string(),
             answer,
             submitted_at: now,
         });
         self.emit(UserEvent::FeedbackGiven {
             assessment_id: assessment_id.to_string(),
+            test_id: test.id.clone(),
             question_id: question_id.to_string(),
             correct: grade.correct,
             score: grade.score,
@@ -333,6 +342,7 @@ impl Decision {
         })?;
         self.emit(UserEvent::QuestionPresented {
             assessment_id: assessment_id.to_string(),
+            test_id: test.id.clone(),
             question: PresentedQuestion {
                 question_id: question.id.clone(),
                 position: answered as u32 + 1,
@@ -370,8 +380,8 @@ impl Decision {
                 "text is longer than {MAX_CHAT_CHARS} characters"
             )));
         }
-        let question_id = match &assessment_id {
-            None => None,
+        let (test_id, question_id) = match &assessment_id {
+            None => (None, None),
             Some(id) => {
                 let attempt =
                     self.state
@@ -379,14 +389,16 @@ impl Decision {
                         .ok_or_else(|| DomainError::AssessmentNotFound {
                             assessment_id: id.clone(),
                         })?;
-                attempt
+                let question_id = attempt
                     .current_question
                     .as_ref()
-                    .map(|(q, _)| q.question_id.clone())
+                    .map(|(q, _)| q.question_id.clone());
+                (Some(attempt.test_id.clone()), question_id)
             }
         };
         self.emit(UserEvent::ChatExchanged {
             assessment_id,
+            test_id,
             question_id,
             user_text: text,
             reply_text: reply,

@@ -97,6 +97,7 @@ pub enum UserEvent {
     },
     QuestionPresented {
         assessment_id: String,
+        test_id: String,
         question: PresentedQuestion,
         /// What produced the question: `question_bank`, or an AI model's name.
         source: String,
@@ -104,12 +105,14 @@ pub enum UserEvent {
     },
     AnswerSubmitted {
         assessment_id: String,
+        test_id: String,
         question_id: String,
         answer: Answer,
         submitted_at: DateTime<Utc>,
     },
     FeedbackGiven {
         assessment_id: String,
+        test_id: String,
         question_id: String,
         correct: bool,
         score: f64,
@@ -130,6 +133,7 @@ pub enum UserEvent {
     },
     ChatExchanged {
         assessment_id: Option<String>,
+        test_id: Option<String>,
         /// The question on screen when the user asked, if any.
         question_id: Option<String>,
         user_text: String,

@@ -31,7 +31,10 @@ pub fn grade(question: &QuestionDefinition, answer: &Answer) -> Grade {
             if Answer::Choices(chosen.clone()).same_as(&Answer::Choices(key.clone())) {
                 (max_score, "Correct.".to_string())
             } else {
-                (0.0, "Not quite: the answer needs exactly the right set of choices.".to_string())
+                (
+                    0.0,
+                    "Not quite: the answer needs exactly the right set of choices.".to_string(),
+                )
             }
         }
         (QuestionKind::FreeText, Answer::Text(text), _) => {
@@ -94,14 +97,17 @@ pub fn check_answer_shape(question: &QuestionDefinition, answer: &Answer) -> Res
         }
         (QuestionKind::FreeText, Answer::Text(text)) => {
             if text.len() > MAX_ANSWER_LEN {
-                Err(format!("free text answers are at most {MAX_ANSWER_LEN} bytes"))
+                Err(format!(
+                    "free text answers are at most {MAX_ANSWER_LEN} bytes"
+                ))
             } else {
                 Ok(())
             }
         }
-        (QuestionKind::SingleChoice | QuestionKind::FreeText, Answer::Choices(_)) => {
-            Err(format!("a {} question takes a string answer", question.kind.as_str()))
-        }
+        (QuestionKind::SingleChoice | QuestionKind::FreeText, Answer::Choices(_)) => Err(format!(
+            "a {} question takes a string answer",
+            question.kind.as_str()
+        )),
         (QuestionKind::MultipleChoice, Answer::Text(_)) => {
             Err("a multiple_choice question takes an array of choice ids".to_string())
         }
@@ -144,7 +150,10 @@ mod tests {
         assert_eq!((right.correct, right.score), (true, 1.0));
         assert!(right.feedback.ends_with("Because."));
         let wrong = grade(&t.questions[0], &text("a"));
-        assert_eq!((wrong.correct, wrong.score, wrong.max_score), (false, 0.0, 1.0));
+        assert_eq!(
+            (wrong.correct, wrong.score, wrong.max_score),
+            (false, 0.0, 1.0)
+        );
     }
 
     #[test]
@@ -152,7 +161,10 @@ mod tests {
         let t = test();
         assert_eq!(grade(&t.questions[1], &choices(&["c", "a"])).score, 2.0);
         assert_eq!(grade(&t.questions[1], &choices(&["a"])).score, 0.0);
-        assert_eq!(grade(&t.questions[1], &choices(&["a", "b", "c"])).score, 0.0);
+        assert_eq!(
+            grade(&t.questions[1], &choices(&["a", "b", "c"])).score,
+            0.0
+        );
     }
 
     #[test]
@@ -174,7 +186,9 @@ mod tests {
         assert!(check_answer_shape(&t.questions[1], &text("a")).is_err());
         assert!(check_answer_shape(&t.questions[1], &choices(&["a", "a"])).is_err());
         assert!(check_answer_shape(&t.questions[1], &choices(&["a", "c"])).is_ok());
-        assert!(check_answer_shape(&t.questions[2], &text(&"x".repeat(MAX_ANSWER_LEN + 1))).is_err());
+        assert!(
+            check_answer_shape(&t.questions[2], &text(&"x".repeat(MAX_ANSWER_LEN + 1))).is_err()
+        );
     }
 
     #[test]

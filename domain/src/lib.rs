@@ -27,7 +27,5 @@ pub mod test_definition;
 pub use aggregate::{Attempt, AttemptStatus, RecordedAnswer, UserStream};
 pub use commands::UserCommand;
 pub use error::DomainError;
-pub use events::{
-    Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent,
-};
+pub use events::{Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent};
 pub use test_definition::{QuestionKind, TestDefinition, ValidationError};

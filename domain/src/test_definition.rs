@@ -142,7 +142,10 @@ impl TestDefinition {
     /// [`ValidationError`] naming the first offending field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !is_valid_id(&self.id) {
-            return Err(invalid("id", "must be 1 to 64 characters of A-Z a-z 0-9 _ - ."));
+            return Err(invalid(
+                "id",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
+            ));
         }
         check_text("title", &self.title)?;
         if self.max_attempts == 0 {
@@ -158,13 +161,19 @@ impl TestDefinition {
             return Err(invalid("questions", "must hold at least one question"));
         }
         if self.questions.len() > MAX_QUESTIONS {
-            return Err(invalid("questions", format!("at most {MAX_QUESTIONS} questions")));
+            return Err(invalid(
+                "questions",
+                format!("at most {MAX_QUESTIONS} questions"),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, q) in self.questions.iter().enumerate() {
             let at = format!("questions[{i}]");
             if !seen.insert(q.id.as_str()) {
-                return Err(invalid(format!("{at}.id"), format!("duplicate question id {:?}", q.id)));
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("duplicate question id {:?}", q.id),
+                ));
             }
             q.validate(&at)?;
         }
@@ -189,7 +198,10 @@ impl TestDefinition {
 impl QuestionDefinition {
     fn validate(&self, at: &str) -> Result<(), ValidationError> {
         if !is_valid_id(&self.id) {
-            return Err(invalid(format!("{at}.id"), "must be 1 to 64 characters of A-Z a-z 0-9 _ - ."));
+            return Err(invalid(
+                format!("{at}.id"),
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
+            ));
         }
         check_text(&format!("{at}.prompt"), &self.prompt)?;
         if !(self.points.is_finite() && self.points > 0.0) {
@@ -203,13 +215,22 @@ impl QuestionDefinition {
         match self.kind {
             QuestionKind::FreeText => {
                 if !self.choices.is_empty() {
-                    return Err(invalid(format!("{at}.choices"), "free_text questions have no choices"));
+                    return Err(invalid(
+                        format!("{at}.choices"),
+                        "free_text questions have no choices",
+                    ));
                 }
                 if self.answer.is_some() {
-                    return Err(invalid(format!("{at}.answer"), "free_text questions are graded by keywords, not answer"));
+                    return Err(invalid(
+                        format!("{at}.answer"),
+                        "free_text questions are graded by keywords, not answer",
+                    ));
                 }
                 if self.keywords.is_empty() {
-                    return Err(invalid(format!("{at}.keywords"), "free_text questions need at least one keyword"));
+                    return Err(invalid(
+                        format!("{at}.keywords"),
+                        "free_text questions need at least one keyword",
+                    ));
                 }
                 for (k, keyword) in self.keywords.iter().enumerate() {
                     if keyword.trim().is_empty() {
@@ -219,34 +240,52 @@ impl QuestionDefinition {
             }
             QuestionKind::SingleChoice | QuestionKind::MultipleChoice => {
                 if self.choices.len() < 2 {
-                    return Err(invalid(format!("{at}.choices"), "needs at least two choices"));
+                    return Err(invalid(
+                        format!("{at}.choices"),
+                        "needs at least two choices",
+                    ));
                 }
                 let mut ids = HashSet::new();
                 for (c, choice) in self.choices.iter().enumerate() {
                     if !is_valid_id(&choice.id) {
-                        return Err(invalid(format!("{at}.choices[{c}].id"), "must be 1 to 64 characters of A-Z a-z 0-9 _ - ."));
+                        return Err(invalid(
+                            format!("{at}.choices[{c}].id"),
+                            "must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
+                        ));
                     }
                     if !ids.insert(choice.id.as_str()) {
-                        return Err(invalid(format!("{at}.choices[{c}].id"), format!("duplicate choice id {:?}", choice.id)));
+                        return Err(invalid(
+                            format!("{at}.choices[{c}].id"),
+                            format!("duplicate choice id {:?}", choice.id),
+                        ));
                     }
                     check_text(&format!("{at}.choices[{c}].text"), &choice.text)?;
                 }
                 if !self.keywords.is_empty() {
-                    return Err(invalid(format!("{at}.keywords"), "only free_text questions have keywords"));
+                    return Err(invalid(
+                        format!("{at}.keywords"),
+                        "only free_text questions have keywords",
+                    ));
                 }
                 let field = format!("{at}.answer");
                 match (&self.kind, &self.answer) {
                     (_, None) => return Err(invalid(field, "is required for choice questions")),
                     (QuestionKind::SingleChoice, Some(AnswerKey::One(id))) => {
                         if !ids.contains(id.as_str()) {
-                            return Err(invalid(field, format!("{id:?} is not one of the choices")));
+                            return Err(invalid(
+                                field,
+                                format!("{id:?} is not one of the choices"),
+                            ));
                         }
                     }
                     (QuestionKind::SingleChoice, Some(AnswerKey::Many(_))) => {
                         return Err(invalid(field, "must be one choice id for single_choice"));
                     }
                     (_, Some(AnswerKey::One(_))) => {
-                        return Err(invalid(field, "must be a list of choice ids for multiple_choice"));
+                        return Err(invalid(
+                            field,
+                            "must be a list of choice ids for multiple_choice",
+                        ));
                     }
                     (_, Some(AnswerKey::Many(list))) => {
                         if list.is_empty() {
@@ -255,7 +294,10 @@ impl QuestionDefinition {
                         let mut chosen = HashSet::new();
                         for id in list {
                             if !ids.contains(id.as_str()) {
-                                return Err(invalid(field, format!("{id:?} is not one of the choices")));
+                                return Err(invalid(
+                                    field,
+                                    format!("{id:?} is not one of the choices"),
+                                ));
                             }
                             if !chosen.insert(id.as_str()) {
                                 return Err(invalid(field, format!("{id:?} is listed twice")));
@@ -319,21 +361,49 @@ mod tests {
         assert_eq!(field_of(|t| t.time_limit_secs = Some(0)), "time_limit_secs");
         assert_eq!(field_of(|t| t.pass_ratio = 1.5), "pass_ratio");
         assert_eq!(field_of(|t| t.questions.clear()), "questions");
-        assert_eq!(field_of(|t| t.questions[1].id = "q1".into()), "questions[1].id");
-        assert_eq!(field_of(|t| t.questions[0].answer = Some(AnswerKey::One("z".into()))), "questions[0].answer");
-        assert_eq!(field_of(|t| t.questions[0].answer = None), "questions[0].answer");
-        assert_eq!(field_of(|t| t.questions[1].answer = Some(AnswerKey::One("a".into()))), "questions[1].answer");
-        assert_eq!(field_of(|t| t.questions[1].choices[2].id = "a".into()), "questions[1].choices[2].id");
-        assert_eq!(field_of(|t| t.questions[1].choices.truncate(1)), "questions[1].choices");
-        assert_eq!(field_of(|t| t.questions[2].keywords.clear()), "questions[2].keywords");
-        assert_eq!(field_of(|t| t.questions[2].points = -1.0), "questions[2].points");
-        assert_eq!(field_of(|t| t.questions[2].prompt = String::new()), "questions[2].prompt");
+        assert_eq!(
+            field_of(|t| t.questions[1].id = "q1".into()),
+            "questions[1].id"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[0].answer = Some(AnswerKey::One("z".into()))),
+            "questions[0].answer"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[0].answer = None),
+            "questions[0].answer"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[1].answer = Some(AnswerKey::One("a".into()))),
+            "questions[1].answer"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[1].choices[2].id = "a".into()),
+            "questions[1].choices[2].id"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[1].choices.truncate(1)),
+            "questions[1].choices"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[2].keywords.clear()),
+            "questions[2].keywords"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[2].points = -1.0),
+            "questions[2].points"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[2].prompt = String::new()),
+            "questions[2].prompt"
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_str::<TestDefinition>(r#"{"title":"x","questions":[],"bogus":1}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<TestDefinition>(r#"{"title":"x","questions":[],"bogus":1}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

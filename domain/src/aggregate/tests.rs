@@ -110,10 +110,16 @@ fn starting_records_the_attempt_and_presents_the_first_question() {
     };
     assert_eq!((*attempt, *total_questions, *max_score), (1, 3, 5.0));
     assert_eq!(*deadline, Some(at(600)));
-    let UserEvent::QuestionPresented { question, source, .. } = &events[1] else {
+    let UserEvent::QuestionPresented {
+        question, source, ..
+    } = &events[1]
+    else {
         panic!("{events:?}")
     };
-    assert_eq!((question.question_id.as_str(), question.position), ("q1", 1));
+    assert_eq!(
+        (question.question_id.as_str(), question.position),
+        ("q1", 1)
+    );
     assert_eq!(question.choices.len(), 2);
     assert_eq!(source, QUESTION_BANK);
 }
@@ -176,7 +182,9 @@ fn max_attempts_allows_a_second_attempt_and_numbers_it() {
 fn answering_records_answer_feedback_and_the_next_question() {
     let events = events_of(&started("a1"), submit("a1", "q1", text("b"), at(10)));
     assert_eq!(events.len(), 3, "{events:?}");
-    assert!(matches!(&events[0], UserEvent::AnswerSubmitted { question_id, .. } if question_id == "q1"));
+    assert!(
+        matches!(&events[0], UserEvent::AnswerSubmitted { question_id, .. } if question_id == "q1")
+    );
     assert!(matches!(
         &events[1],
         UserEvent::FeedbackGiven { correct: true, score, graded_by, .. } if *score == 1.0 && graded_by == "offline"
@@ -235,15 +243,33 @@ fn a_resent_answer_appends_nothing() {
     for e in given {
         state.apply(e);
     }
-    let feedback = state.attempt("a1").unwrap().answer_to("q1").unwrap().feedback.clone();
-    assert!(matches!(feedback, Some(RecordedFeedback { correct: true, seq: 4, .. })));
+    let feedback = state
+        .attempt("a1")
+        .unwrap()
+        .answer_to("q1")
+        .unwrap()
+        .feedback
+        .clone();
+    assert!(matches!(
+        feedback,
+        Some(RecordedFeedback {
+            correct: true,
+            seq: 4,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn a_resent_answer_after_completion_appends_nothing() {
     Given::with(())
         .given(completed("a1"))
-        .when(submit("a1", "q3", text("ownership borrow lifetime"), at(30)))
+        .when(submit(
+            "a1",
+            "q3",
+            text("ownership borrow lifetime"),
+            at(30),
+        ))
         .then_expect_events(vec![]);
 }
 
@@ -263,7 +289,12 @@ fn a_different_answer_to_an_answered_question_is_refused() {
 fn answering_a_question_that_is_not_current_is_refused() {
     Given::with(())
         .given(started("a1"))
-        .when(submit("a1", "q2", Answer::Choices(vec!["a".into()]), at(10)))
+        .when(submit(
+            "a1",
+            "q2",
+            Answer::Choices(vec!["a".into()]),
+            at(10),
+        ))
         .then_expect_error(DomainError::WrongQuestion {
             question_id: "q2".into(),
         });
@@ -275,7 +306,10 @@ fn an_answer_of_the_wrong_shape_is_refused() {
         .given(started("a1"))
         .when(submit("a1", "q1", text("zzz"), at(10)))
         .inspect_result();
-    assert!(matches!(result, Err(DomainError::InvalidAnswer(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(DomainError::InvalidAnswer(_))),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -317,7 +351,10 @@ fn an_answer_after_the_deadline_records_the_expiry_instead() {
 #[test]
 fn an_answer_to_an_expired_attempt_is_time_expired() {
     let mut given = started("a1");
-    given.extend(events_of(&given, UserCommand::ExpireOverdue { now: at(700) }));
+    given.extend(events_of(
+        &given,
+        UserCommand::ExpireOverdue { now: at(700) },
+    ));
     Given::with(())
         .given(given)
         .when(submit("a1", "q1", text("b"), at(701)))
@@ -339,9 +376,14 @@ fn an_expired_attempt_frees_the_user_for_another_test() {
     let events = events_of(&started("a1"), start(&other_test(), "b1", at(601)));
     assert!(matches!(
         &events[0],
-        UserEvent::AssessmentCompleted { reason: CompletionReason::TimeExpired, .. }
+        UserEvent::AssessmentCompleted {
+            reason: CompletionReason::TimeExpired,
+            ..
+        }
     ));
-    assert!(matches!(&events[1], UserEvent::AssessmentStarted { test_id, .. } if test_id == "other"));
+    assert!(
+        matches!(&events[1], UserEvent::AssessmentStarted { test_id, .. } if test_id == "other")
+    );
 }
 
 #[test]
@@ -356,7 +398,9 @@ fn a_shuffled_order_is_followed_and_a_bad_one_refused() {
             now: t0(),
         },
     );
-    assert!(matches!(&events[1], UserEvent::QuestionPresented { question, .. } if question.question_id == "q3"));
+    assert!(
+        matches!(&events[1], UserEvent::QuestionPresented { question, .. } if question.question_id == "q3")
+    );
     let result = Given::with(())
         .given_no_previous_events()
         .when(UserCommand::StartAssessment {
@@ -383,7 +427,10 @@ fn an_attempt_keeps_the_test_version_it_started_with() {
             now: at(1),
         })
         .inspect_result();
-    assert!(matches!(result, Err(DomainError::InconsistentCommand(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(DomainError::InconsistentCommand(_))),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -414,7 +461,10 @@ fn empty_chat_and_chat_about_a_stranger_attempt_are_refused() {
         now: at(3),
     };
     assert!(matches!(
-        Given::with(()).given(started("a1")).when(chat(None, "  ")).inspect_result(),
+        Given::with(())
+            .given(started("a1"))
+            .when(chat(None, "  "))
+            .inspect_result(),
         Err(DomainError::InvalidChat(_))
     ));
     Given::with(())
@@ -436,7 +486,10 @@ fn an_admin_ends_an_attempt_once() {
     );
     assert!(matches!(
         &events[..],
-        [UserEvent::AssessmentCompleted { reason: CompletionReason::EndedByAdmin, .. }]
+        [UserEvent::AssessmentCompleted {
+            reason: CompletionReason::EndedByAdmin,
+            ..
+        }]
     ));
     let mut given = started("a1");
     given.extend(events);

@@ -1,0 +1,359 @@
+//! Identity (PROTOCOL section 1): JWT verification and minting, roles, and where a token is
+//! found in a request. The token's `sub` is the only user id the server trusts.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A signing secret. It never prints: not in logs, not in `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Taker,
+    Auditor,
+    Admin,
+}
+
+/// `role` may be one role or a list of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum RoleClaim {
+    One(Role),
+    Many(Vec<Role>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: RoleClaim,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Who is calling, as proven by their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| self.has(*r))
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed Authorization header")]
+    Malformed,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+    #[error("token has no usable subject")]
+    BadSubject,
+}
+
+/// Longest accepted `sub`; user ids are stream ids and appear in URLs.
+const MAX_SUBJECT_LEN: usize = 256;
+
+/// Verifies and mints HS256 tokens with one secret; only HS256 is accepted, so `alg: none`
+/// and algorithm confusion are refused by construction.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    pub fn hs256(secret: &Secret, issuer: Option<String>, audience: Option<String>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Self {
+            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
+            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation,
+            issuer,
+            audience,
+        }
+    }
+
+    /// Checks a token's signature, expiry, issuer and audience.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the token is refused; never the token itself.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?;
+        let claims = data.claims;
+        let sub = claims.sub;
+        if sub.trim().is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control)
+        {
+            return Err(AuthError::BadSubject);
+        }
+        let roles = match claims.role {
+            RoleClaim::One(role) => vec![role],
+            RoleClaim::Many(roles) => roles,
+        };
+        Ok(Identity {
+            user_id: sub,
+            roles,
+        })
+    }
+
+    /// Mints a token for `sub` with `roles`, valid for `ttl`.
+    pub fn mint(&self, sub: &str, roles: &[Role], ttl: Duration) -> anyhow::Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: sub.to_string(),
+            role: match roles {
+                [one] => RoleClaim::One(*one),
+                many => RoleClaim::Many(many.to_vec()),
+            },
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("Failed to sign the token")
+    }
+}
+
+/// The bearer token of a request: the `Authorization` header, or (for WebSockets, which
+/// browsers cannot give headers) the `access_token` query parameter.
+pub fn bearer_token(parts: &Parts, allow_query: bool) -> Result<String, AuthError> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::Malformed)?
+            .trim();
+        if token.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(token.to_string());
+    }
+    if allow_query {
+        if let Some(query) = parts.uri.query() {
+            for (key, value) in url_pairs(query) {
+                if key == "access_token" && !value.is_empty() {
+                    return Ok(value);
+                }
+            }
+        }
+    }
+    Err(AuthError::Missing)
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
+}
+
+/// The configured secret, or the development secret kept in `data_dir` (created on first
+/// use, readable by the owner only). The bool says whether the development secret is used.
+pub fn resolve_secret(
+    configured: Option<Secret>,
+    data_dir: &Path,
+) -> anyhow::Result<(Secret, bool)> {
+    if let Some(secret) = configured {
+        if secret.expose().len() < 16 {
+            anyhow::bail!("ASSESSD_JWT_SECRET must be at least 16 characters");
+        }
+        return Ok((secret, false));
+    }
+    let path = data_dir.join(".assessd-dev-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if existing.len() >= 32 {
+            return Ok((Secret::new(existing), true));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = hex::encode(bytes);
+    write_private(&path, &secret).with_context(|| {
+        format!(
+            "Failed to write the development secret to {}",
+            path.display()
+        )
+    })?;
+    Ok((Secret::new(secret), true))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::hs256(&Secret::new("0123456789abcdef0123456789abcdef"), None, None)
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let token = keys()
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        let id = keys().verify(&token).unwrap();
+        assert_eq!(id.user_id, "alice");
+        assert_eq!(id.roles, vec![Role::Taker]);
+    }
+
+    #[test]
+    fn another_secret_is_refused() {
+        let token = keys()
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        let other = JwtKeys::hs256(&Secret::new("another-secret-another-secret"), None, None);
+        assert_eq!(other.verify(&token), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64_like::encode;
+        let header = encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let body = encode(r#"{"sub":"alice","role":"admin","exp":99999999999}"#);
+        assert_eq!(
+            keys().verify(&format!("{header}.{body}.")),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "alice".into(),
+            role: RoleClaim::One(Role::Taker),
+            exp: now - 3600,
+            iat: None,
+            iss: None,
+            aud: None,
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &keys().encoding).unwrap();
+        assert_eq!(keys().verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let secret = Secret::new("0123456789abcdef0123456789abcdef");
+        let strict = JwtKeys::hs256(&secret, Some("idp".into()), Some("assessd".into()));
+        let plain = keys()
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(strict.verify(&plain), Err(AuthError::Invalid));
+        let good = strict
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        assert!(strict.verify(&good).is_ok());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    /// Unpadded base64url, enough to forge an unsigned token in a test.
+    mod base64_like {
+        pub fn encode(s: &str) -> String {
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let b = s.as_bytes();
+            let mut out = String::new();
+            for chunk in b.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

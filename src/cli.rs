@@ -1,0 +1,113 @@
+//! The subcommands: `serve` (the default), `migrate`, `token`, `tests import`.
+
+use std::future::Future;
+
+use anyhow::Context;
+
+use crate::auth::{resolve_secret, JwtKeys, Secret};
+use crate::config::{default_node_id, Cli, Command, ServeArgs, Settings, TestsCommand};
+use crate::store::catalog::Catalog;
+use crate::store::Database;
+use crate::Application;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let args = cli.serve;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(args, shutdown_signal()).await,
+        Command::Migrate => {
+            let db = Database::connect(&args.database_url, 2).await?;
+            db.migrate().await?;
+            println!("migrations applied ({})", db.backend());
+            Ok(())
+        }
+        Command::Token(token) => {
+            let (secret, _) = secret_of(&args)?;
+            let keys = JwtKeys::hs256(&secret, args.jwt_issuer.clone(), args.jwt_audience.clone());
+            println!("{}", keys.mint(&token.sub, &token.role, token.ttl)?);
+            Ok(())
+        }
+        Command::Tests(TestsCommand::Import { file }) => {
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("Failed to read {}", file.display()))?;
+            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(String::from))
+                .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let definition = crate::definitions::parse(&bytes, Some(&id)).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid test definition: {e}", file.display())
+            })?;
+            let db = Database::connect(&args.database_url, 2).await?;
+            db.migrate().await?;
+            let stored = Catalog::new(db.clone()).put(definition).await?;
+            if stored.created {
+                println!("imported test {id:?} as version {}", stored.version);
+            } else {
+                println!("test {id:?} is unchanged (version {})", stored.version);
+            }
+            db.close().await;
+            Ok(())
+        }
+    }
+}
+
+fn secret_of(args: &ServeArgs) -> anyhow::Result<(Secret, bool)> {
+    resolve_secret(args.jwt_secret.clone().map(Secret::new), &args.data_dir)
+}
+
+/// Builds the server from `args` and runs it until `shutdown`.
+pub async fn serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (secret, development) = secret_of(&args)?;
+    if development {
+        tracing::warn!(
+            path = %args.data_dir.join(".assessd-dev-secret").display(),
+            "ASSESSD_JWT_SECRET is not set: using the generated development secret kept in the data directory"
+        );
+    }
+    let mut settings = Settings::new(args.bind, args.database_url.clone(), secret);
+    settings.jwt_issuer = args.jwt_issuer.clone();
+    settings.jwt_audience = args.jwt_audience.clone();
+    settings.node_id = args.node_id.clone().unwrap_or_else(default_node_id);
+    settings.limits = args.limits();
+    settings.db_pool = args.db_pool;
+    settings.snapshot_every = args.snapshot_every;
+    settings.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr()?;
+    tracing::info!(%addr, database = app.state().db.backend(), "assessd listening");
+    // A plain line on stdout, for scripts that start assessd on port 0.
+    println!("assessd listening on http://{addr}");
+    app.run_until(shutdown).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "failed to listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight commands");
+}

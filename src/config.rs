@@ -1,0 +1,255 @@
+//! Configuration: the command line and environment (clap), and the typed [`Settings`] an
+//! [`crate::Application`] is built from. Tests build `Settings` directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{Role, Secret};
+
+#[derive(Debug, Parser)]
+#[command(name = "assessd", version, about = "Event-sourced assessment server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, which runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the WebSocket protocol and the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Mint a token signed with the configured key, for development and scripts.
+    Token(TokenArgs),
+    /// Manage test definitions.
+    #[command(subcommand)]
+    Tests(TestsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestsCommand {
+    /// Validate a test definition (JSON) and store it as a new version.
+    Import {
+        /// The JSON file; its `id` field, or else its file name, is the test id.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (the `sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Role(s) of the token; repeat for several.
+    #[arg(long, value_enum, default_values_t = [Role::Taker])]
+    pub role: Vec<Role>,
+    /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Server options; every one has a flag and an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "ASSESSD_BIND",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub bind: SocketAddr,
+    /// `sqlite://PATH` (created on first run) or `postgres://...`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://assessd.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// HS256 signing secret. When unset, a development secret is generated and kept in the
+    /// data directory.
+    #[arg(
+        long,
+        env = "ASSESSD_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// Where the development secret is kept.
+    #[arg(long, env = "ASSESSD_DATA_DIR", default_value = ".", global = true)]
+    pub data_dir: PathBuf,
+    /// This node's name, recorded in event metadata.
+    #[arg(long, env = "ASSESSD_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+    /// Most WebSocket connections at once; more are refused with 503.
+    #[arg(
+        long,
+        env = "ASSESSD_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_connections: usize,
+    /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
+    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_message_bytes: usize,
+    /// Seconds without any message or pong before a connection is closed with 4008.
+    #[arg(
+        long,
+        env = "ASSESSD_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub idle_timeout_secs: u64,
+    /// Seconds between server pings.
+    #[arg(
+        long,
+        env = "ASSESSD_PING_INTERVAL_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub ping_interval_secs: u64,
+    /// Messages per second each user may send.
+    #[arg(
+        long,
+        env = "ASSESSD_RATE_PER_SEC",
+        default_value_t = 20,
+        global = true
+    )]
+    pub rate_per_sec: u32,
+    /// Burst of messages each user may send at once.
+    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = 40, global = true)]
+    pub rate_burst: u32,
+    /// Messages queued for one client; a client that lets it fill is disconnected.
+    #[arg(
+        long,
+        env = "ASSESSD_OUTBOUND_QUEUE",
+        default_value_t = 64,
+        global = true
+    )]
+    pub outbound_queue: usize,
+    /// Database connections in the pool.
+    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = 16, global = true)]
+    pub db_pool: u32,
+    /// A snapshot of a user's state is written every this many events.
+    #[arg(
+        long,
+        env = "ASSESSD_SNAPSHOT_EVERY",
+        default_value_t = 20,
+        global = true
+    )]
+    pub snapshot_every: usize,
+    /// Seconds to let in-flight commands finish on shutdown.
+    #[arg(
+        long,
+        env = "ASSESSD_SHUTDOWN_GRACE_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_grace_secs: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ASSESSD_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+/// Everything an [`crate::Application`] needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub jwt_secret: Secret,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub node_id: String,
+    pub limits: Limits,
+    pub db_pool: u32,
+    pub snapshot_every: usize,
+    pub shutdown_grace: Duration,
+    /// Load the demo test when it is not in the catalog yet.
+    pub load_demo: bool,
+}
+
+/// Per-connection limits of the WebSocket server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub outbound_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_message_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            rate_per_sec: 20,
+            rate_burst: 40,
+            outbound_queue: 64,
+        }
+    }
+}
+
+impl Settings {
+    /// Settings for a server on `bind` against `database_url`, with default limits.
+    pub fn new(bind: SocketAddr, database_url: impl Into<String>, jwt_secret: Secret) -> Self {
+        Self {
+            bind,
+            database_url: database_url.into(),
+            jwt_secret,
+            jwt_issuer: None,
+            jwt_audience: None,
+            node_id: default_node_id(),
+            limits: Limits::default(),
+            db_pool: 16,
+            snapshot_every: 20,
+            shutdown_grace: Duration::from_secs(10),
+            load_demo: true,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
+            rate_per_sec: self.rate_per_sec.max(1),
+            rate_burst: self.rate_burst.max(1),
+            outbound_queue: self.outbound_queue.max(8),
+        }
+    }
+}
+
+/// A node id for event metadata: the host name, else a random one.
+pub fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+}

@@ -1,0 +1,184 @@
+//! Every error a client can see, mapped in one place: to a protocol `ERROR` code
+//! (PROTOCOL section 2.3) and to an HTTP status with a `{"error": {code, message}}` body.
+//! Internal detail is logged here and never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::{DomainError, ValidationError};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::store::streams::CommandError;
+use crate::store::StoreError;
+
+/// The protocol's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    AssessmentCompleted,
+    AssessmentInProgress,
+    NoActiveAssessment,
+    WrongQuestion,
+    TimeExpired,
+    RateLimited,
+    AiUnavailable,
+    Conflict,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AssessmentCompleted => "assessment_completed",
+            ErrorCode::AssessmentInProgress => "assessment_in_progress",
+            ErrorCode::NoActiveAssessment => "no_active_assessment",
+            ErrorCode::WrongQuestion => "wrong_question",
+            ErrorCode::TimeExpired => "time_expired",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::AiUnavailable => "ai_unavailable",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::AssessmentCompleted
+            | ErrorCode::AssessmentInProgress
+            | ErrorCode::NoActiveAssessment
+            | ErrorCode::WrongQuestion
+            | ErrorCode::TimeExpired
+            | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::AiUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error with the code and the message a client may see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Logs the detail and gives the client only a generic message.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the request was not completed",
+        )
+    }
+}
+
+impl From<DomainError> for ClientError {
+    fn from(err: DomainError) -> Self {
+        let code = match &err {
+            DomainError::AssessmentInProgress { .. } => ErrorCode::AssessmentInProgress,
+            DomainError::AttemptsUsedUp { .. } | DomainError::AssessmentCompleted { .. } => {
+                ErrorCode::AssessmentCompleted
+            }
+            DomainError::TimeExpired { .. } => ErrorCode::TimeExpired,
+            DomainError::NoActiveAssessment => ErrorCode::NoActiveAssessment,
+            DomainError::AssessmentNotFound { .. } => ErrorCode::NotFound,
+            DomainError::WrongQuestion { .. } => ErrorCode::WrongQuestion,
+            DomainError::AnswerAlreadyRecorded { .. } => ErrorCode::Conflict,
+            DomainError::InvalidAnswer(_) | DomainError::InvalidChat(_) => ErrorCode::BadRequest,
+            DomainError::InconsistentCommand(_) => return ClientError::internal(&err),
+        };
+        ClientError::new(code, err.to_string())
+    }
+}
+
+impl From<StoreError> for ClientError {
+    fn from(err: StoreError) -> Self {
+        ClientError::internal(&err)
+    }
+}
+
+impl From<CommandError> for ClientError {
+    fn from(err: CommandError) -> Self {
+        match err {
+            CommandError::Rule(e) => e.into(),
+            CommandError::Conflict => ClientError::new(
+                ErrorCode::Conflict,
+                "your stream changed while this was being recorded; send it again",
+            ),
+            CommandError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ClientError {
+    fn from(err: AuthError) -> Self {
+        ClientError::new(ErrorCode::Unauthorized, err.to_string())
+    }
+}
+
+/// An HTTP API error: a [`ClientError`], or a refused test definition (422).
+#[derive(Debug)]
+pub enum ApiError {
+    Client(ClientError),
+    Invalid(ValidationError),
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError::Client(ClientError::new(code, message))
+    }
+}
+
+impl<E: Into<ClientError>> From<E> for ApiError {
+    fn from(err: E) -> Self {
+        ApiError::Client(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Client(e) => (
+                e.code.status(),
+                Json(json!({"error": {"code": e.code.as_str(), "message": e.message}})),
+            )
+                .into_response(),
+            ApiError::Invalid(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": {
+                    "code": "bad_request",
+                    "message": e.to_string(),
+                    "field": e.field,
+                }})),
+            )
+                .into_response(),
+        }
+    }
+}

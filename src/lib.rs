@@ -1,0 +1,37 @@
+//! # assessd
+//!
+//! An event-sourced assessment server: test-takers answer tests over a WebSocket, every
+//! action is an event in the test-taker's own stream, auditors read that history.
+//!
+//! ## Layout
+//! - [`app`]: shared state, the router, and [`Application`] (build, then run until a
+//!   shutdown future resolves). `main.rs` and the integration tests use only this.
+//! - [`config`]: the command line and environment, and the typed [`Settings`].
+//! - [`auth`]: JWT verification and minting, roles, secrets that never print.
+//! - [`ws`]: the WebSocket protocol: wire messages, the registry of live sessions (one per
+//!   user), and the session that turns frames into commands and events into replies.
+//! - [`http`]: the HTTP API: health, metrics, tests, admin and audit routes.
+//! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
+//!   queries.
+//! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
+//! - [`definitions`]: reading test definitions, and the demo test.
+//! - [`error`]: every client-visible error, mapped to HTTP statuses and protocol codes.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! The rules themselves live in the `domain` crate, which does no IO.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod definitions;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod tutor;
+pub mod ws;
+
+pub use app::Application;
+pub use config::Settings;

@@ -1,0 +1,141 @@
+//! Prometheus metrics (`GET /metrics`): live connections, messages in and out by type,
+//! command latency, evictions and errors by code.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    pub command: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub messages_in: Family<TypeLabel, Counter<u64, AtomicU64>>,
+    pub messages_out: Family<TypeLabel, Counter<u64, AtomicU64>>,
+    pub command_seconds: Family<CommandLabel, Histogram>,
+    pub evictions: Counter<u64, AtomicU64>,
+    pub errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
+    pub refused_connections: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("assessd");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Live WebSocket connections",
+            connections.clone(),
+        );
+        let messages_in = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "messages_in",
+            "Client messages received, by type",
+            messages_in.clone(),
+        );
+        let messages_out = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "messages_out",
+            "Server messages sent, by type",
+            messages_out.clone(),
+        );
+        let command_seconds = Family::<CommandLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "command_duration_seconds",
+            "Time to decide and record one command",
+            command_seconds.clone(),
+        );
+        let evictions = Counter::default();
+        registry.register(
+            "evictions",
+            "Connections replaced by a newer one of the same user",
+            evictions.clone(),
+        );
+        let errors = Family::<CodeLabel, Counter>::default();
+        registry.register("errors", "ERROR messages sent, by code", errors.clone());
+        let refused_connections = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Upgrades refused because the server was full",
+            refused_connections.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            messages_in,
+            messages_out,
+            command_seconds,
+            evictions,
+            errors,
+            refused_connections,
+        }
+    }
+
+    pub fn message_in(&self, kind: &str) {
+        self.messages_in
+            .get_or_create(&TypeLabel {
+                r#type: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn message_out(&self, kind: &str) {
+        self.messages_out
+            .get_or_create(&TypeLabel {
+                r#type: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn command(&self, name: &str, took: Duration) {
+        self.command_seconds
+            .get_or_create(&CommandLabel {
+                command: name.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "failed to encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,113 @@
+//! Storage wiring: one `DATABASE_URL` selects SQLite (the embedded default) or PostgreSQL.
+//!
+//! - [`streams`]: the per-user event streams, through cqrs-es and sqlite-es / postgres-es.
+//! - [`catalog`]: versioned test definitions.
+//! - [`audit`]: read-only queries over the event history for auditors.
+//!
+//! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
+//! by `assessd migrate`.
+
+pub mod audit;
+pub mod catalog;
+pub mod streams;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use thiserror::Error;
+
+/// A connection pool on one of the two supported backends.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A storage failure. The detail is for logs; clients only ever see `internal`.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+    #[error("event store error: {0}")]
+    EventStore(String),
+}
+
+impl Database {
+    /// Opens a pool for `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
+    /// when it does not exist.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| "Failed to parse the SQLite DATABASE_URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a recorded answer survives a power cut, not only a process crash.
+                .synchronous(SqliteSynchronous::Full)
+                // SQLite has one writer at a time; others wait for the lock instead of failing.
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.clamp(1, 16))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .with_context(|| "Failed to open the SQLite database")?;
+            Ok(Database::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)
+                .with_context(|| "Failed to parse the PostgreSQL DATABASE_URL")?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .with_context(|| "Failed to connect to PostgreSQL")?;
+            Ok(Database::Postgres(pool))
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://")
+        }
+    }
+
+    /// Applies every pending migration of this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Database::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+            Database::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+        }
+        .with_context(|| "Failed to apply database migrations")
+    }
+
+    /// Ready when the database answers and every migration this build knows is applied.
+    pub async fn is_ready(&self) -> Result<bool, StoreError> {
+        let expected = match self {
+            Database::Sqlite(_) => sqlx::migrate!("./migrations/sqlite").iter().count(),
+            Database::Postgres(_) => sqlx::migrate!("./migrations/postgres").iter().count(),
+        } as i64;
+        let sql = "select count(*) from _sqlx_migrations where success";
+        let applied: i64 = match self {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        };
+        Ok(applied >= expected)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The live sessions of this node, one per user, and the connection cap.
+//!
+//! A new session of a user evicts the old one by the OLD session's own id, so the eviction
+//! can never hit the new connection. Each user also has one command lock, shared by their
+//! old and new sessions and by admin commands, so a new session starts reading the stream
+//! only after the old session's in-flight command has been recorded.
+//!
+//! Eviction across nodes (a later issue) delivers [`Control::Evict`] through the shared
+//! database; this registry is the local end of it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// What the server tells a live session from outside its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// A newer connection of the same user took over.
+    Evict,
+    /// The stream was changed by someone else (an admin ended an attempt); read it again.
+    StreamChanged,
+}
+
+struct Entry {
+    session_id: Uuid,
+    control: mpsc::UnboundedSender<Control>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Entry>>,
+    live: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+/// A reserved connection slot; dropping it frees the slot.
+pub struct Slot {
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A session's membership: its control channel and its user's command lock.
+pub struct Registration {
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether an older session of the user was evicted.
+    pub evicted_other: bool,
+}
+
+impl Registry {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+            cap,
+        }
+    }
+
+    /// Reserves a connection slot, or `None` when the server is full.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        let previous = self.live.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot {
+            live: self.live.clone(),
+        };
+        if previous >= self.cap {
+            drop(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // The map is consistent after every statement, so a panic elsewhere cannot leave it
+        // half-updated; keep serving.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `session_id` the user's live session, evicting the previous one.
+    pub fn register(&self, user_id: &str, session_id: Uuid) -> Registration {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sessions = self.sessions();
+        let (lock, evicted_other) = match sessions.remove(user_id) {
+            Some(old) => {
+                // The old session may already be gone; then there is nothing to evict.
+                let evicted = old.control.send(Control::Evict).is_ok();
+                (old.lock, evicted)
+            }
+            None => (Arc::new(tokio::sync::Mutex::new(())), false),
+        };
+        sessions.insert(
+            user_id.to_string(),
+            Entry {
+                session_id,
+                control: tx,
+                lock: lock.clone(),
+            },
+        );
+        Registration {
+            control: rx,
+            lock,
+            evicted_other,
+        }
+    }
+
+    /// Removes the user's entry only if it is still this session's.
+    pub fn unregister(&self, user_id: &str, session_id: Uuid) {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(user_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            sessions.remove(user_id);
+        }
+    }
+
+    /// The user's command lock (their live session's, or a fresh one when they have none).
+    pub fn user_lock(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.sessions()
+            .get(user_id)
+            .map(|e| e.lock.clone())
+            .unwrap_or_else(|| Arc::new(tokio::sync::Mutex::new(())))
+    }
+
+    /// Tells the user's live session, if any, that its stream changed.
+    pub fn notify(&self, user_id: &str) {
+        if let Some(entry) = self.sessions().get(user_id) {
+            let _ = entry.control.send(Control::StreamChanged);
+        }
+    }
+
+    pub fn is_live(&self, user_id: &str, session_id: Uuid) -> bool {
+        self.sessions()
+            .get(user_id)
+            .is_some_and(|e| e.session_id == session_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_session_evicts_the_old_one_and_only_the_old_one() {
+        let registry = Registry::new(10);
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut first = registry.register("alice", old);
+        assert!(!first.evicted_other);
+        let mut second = registry.register("alice", new);
+        assert!(second.evicted_other);
+        assert_eq!(first.control.try_recv(), Ok(Control::Evict));
+        assert!(second.control.try_recv().is_err());
+        assert!(
+            Arc::ptr_eq(&first.lock, &second.lock),
+            "one command lock per user"
+        );
+        // the old session leaving must not remove the new one
+        registry.unregister("alice", old);
+        assert!(registry.is_live("alice", new));
+        registry.unregister("alice", new);
+        assert!(!registry.is_live("alice", new));
+    }
+
+    #[test]
+    fn the_cap_is_enforced_and_slots_are_given_back() {
+        let registry = Registry::new(2);
+        let a = registry.try_reserve().unwrap();
+        let _b = registry.try_reserve().unwrap();
+        assert!(registry.try_reserve().is_none());
+        drop(a);
+        assert!(registry.try_reserve().is_some());
+    }
+}
