@@ -1,0 +1,177 @@
+//! Resume after a disconnect, eviction, completed attempts blocked, deadlines.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{demo_answer, small_test, spawn_app, Backend};
+
+async fn a_reconnect_resumes_where_the_user_stood(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut first = app.connect("carol").await;
+    let (started, q1) = first.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    let (_, _, q2) = first.answer(&id, "q1", demo_answer("q1")).await;
+    assert_eq!(q2["question_id"], "q2");
+    drop(first);
+
+    let mut second = app.connect("carol").await;
+    let resumed = second.recv_type("ASSESSMENT_RESUMED").await;
+    assert_eq!(resumed["assessment_id"], id);
+    assert_eq!(resumed["answered"], 1);
+    assert_eq!(resumed["score"], 1.0);
+    assert_eq!(resumed["seq"], started["seq"]);
+    let question = second.recv_type("QUESTION").await;
+    assert_eq!(question["question_id"], "q2");
+    assert_eq!(question["seq"], q2["seq"]);
+
+    // The answer given before the disconnect, sent again, changes nothing.
+    let before = app.stream_of("carol").await.len();
+    let (feedback, progress, current) = second.answer(&id, "q1", demo_answer("q1")).await;
+    assert_eq!(feedback["correct"], true);
+    assert_eq!(feedback["seq"].as_u64().unwrap(), q1["seq"].as_u64().unwrap() + 2);
+    assert_eq!(progress["answered"], 1);
+    assert_eq!(current["question_id"], "q2");
+    assert_eq!(app.stream_of("carol").await.len(), before, "a re-sent answer appends nothing");
+
+    // A different answer to it is refused; the recorded one stands.
+    second.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"q1","answer":"a"})).await;
+    assert_eq!(second.recv_type("ERROR").await["code"], "conflict");
+
+    // START_ASSESSMENT of the test in progress resumes it, never a second attempt.
+    second.send(json!({"type": "START_ASSESSMENT", "test_id": "demo"})).await;
+    let again = second.recv_type("ASSESSMENT_RESUMED").await;
+    assert_eq!(again["assessment_id"], id);
+    assert_eq!(second.recv_type("QUESTION").await["question_id"], "q2");
+    app.stop().await;
+}
+
+async fn a_second_connection_evicts_the_first(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut old = app.connect("dave").await;
+    let (started, _) = old.start("demo").await;
+    let mut new = app.connect("dave").await;
+    let replaced = old.recv_type("SESSION_REPLACED").await;
+    assert!(replaced["message"].is_string());
+    assert_eq!(old.recv_close().await, Some(4001));
+
+    // The new connection resumes and keeps working.
+    assert_eq!(new.recv_type("ASSESSMENT_RESUMED").await["assessment_id"], started["assessment_id"]);
+    new.recv_type("QUESTION").await;
+    new.assert_alive().await;
+
+    // Another user is untouched by dave's eviction.
+    let mut erin = app.connect("erin").await;
+    let mut dave3 = app.connect("dave").await;
+    assert_eq!(new.recv_type("SESSION_REPLACED").await["type"], "SESSION_REPLACED");
+    assert_eq!(new.recv_close().await, Some(4001));
+    erin.assert_alive().await;
+    dave3.recv_type("ASSESSMENT_RESUMED").await;
+    dave3.recv_type("QUESTION").await;
+    dave3.assert_alive().await;
+    app.stop().await;
+}
+
+async fn a_completed_attempt_cannot_be_restarted(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    app.put_test("once", small_test(1, None)).await;
+    let mut frank = app.connect("frank").await;
+    let (started, _) = frank.start("once").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    frank.answer(&id, "s1", json!("a")).await;
+    let (_, _, done) = frank.answer(&id, "s2", json!("Red")).await;
+    assert_eq!(done["type"], "ASSESSMENT_COMPLETED");
+    assert_eq!(done["score"], 2.0);
+
+    frank.send(json!({"type": "START_ASSESSMENT", "test_id": "once"})).await;
+    assert_eq!(frank.recv_type("ERROR").await["code"], "assessment_completed");
+    // answering it again is refused too, and GET_QUESTION reports the completion
+    frank.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s9","answer":"a"})).await;
+    assert_eq!(frank.recv_type("ERROR").await["code"], "assessment_completed");
+    frank.send(json!({"type": "GET_QUESTION", "assessment_id": id})).await;
+    assert_eq!(frank.recv_type("ASSESSMENT_COMPLETED").await["assessment_id"], id);
+    drop(frank);
+
+    // A reconnect finds nothing to resume, and still cannot restart.
+    let mut again = app.connect("frank").await;
+    again.send(json!({"type": "START_ASSESSMENT", "test_id": "once"})).await;
+    assert_eq!(again.recv_type("ERROR").await["code"], "assessment_completed");
+    app.stop().await;
+}
+
+async fn one_test_at_a_time(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    app.put_test("other", small_test(1, None)).await;
+    let mut gina = app.connect("gina").await;
+    gina.start("demo").await;
+    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "other"})).await;
+    assert_eq!(gina.recv_type("ERROR").await["code"], "assessment_in_progress");
+    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "no-such-test"})).await;
+    assert_eq!(gina.recv_type("ERROR").await["code"], "not_found");
+    app.stop().await;
+}
+
+async fn a_deadline_is_pushed_to_the_client(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    app.put_test("quick", small_test(2, Some(1))).await;
+    let mut hank = app.connect("hank").await;
+    let (started, _) = hank.start("quick").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    assert_eq!(started["time_limit_secs"], 1);
+    // No message is sent: the server itself reports the deadline as it passes.
+    let completed = hank.recv_type("ASSESSMENT_COMPLETED").await;
+    assert_eq!(completed["reason"], "time_expired");
+    assert_eq!(completed["assessment_id"], id);
+
+    // An answer after it: ERROR time_expired, then the completion again.
+    hank.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s1","answer":"a"})).await;
+    assert_eq!(hank.recv_type("ERROR").await["code"], "time_expired");
+    assert_eq!(hank.recv_type("ASSESSMENT_COMPLETED").await["reason"], "time_expired");
+    app.stop().await;
+}
+
+async fn a_deadline_that_passed_offline_is_found_on_reconnect(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    app.put_test("quick", small_test(1, Some(1))).await;
+    let mut ivy = app.connect("ivy").await;
+    ivy.start("quick").await;
+    drop(ivy);
+    // Wait until the deadline has certainly passed (a condition on the clock, not a race).
+    let deadline = std::time::Instant::now() + Duration::from_millis(1200);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = app.connect("ivy").await;
+    let completed = again.recv_type("ASSESSMENT_COMPLETED").await;
+    assert_eq!(completed["reason"], "time_expired");
+    again.assert_alive().await; // and no ASSESSMENT_RESUMED came before the PONG
+    app.stop().await;
+}
+
+async fn an_admin_ends_an_attempt_and_the_socket_sees_it(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut jo = app.connect("jo").await;
+    let (started, _) = jo.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap();
+    let admin = app.token("root", assessd::auth::Role::Admin);
+    let url = app.url(&format!("/api/admin/users/jo/assessments/{id}/end"));
+    let response = app.http.post(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let completed = jo.recv_type("ASSESSMENT_COMPLETED").await;
+    assert_eq!(completed["reason"], "ended_by_admin");
+    // A second end is a conflict; an unknown attempt is 404.
+    assert_eq!(app.http.post(&url).bearer_auth(&admin).send().await.unwrap().status(), 409);
+    let unknown = app.url("/api/admin/users/jo/assessments/nope/end");
+    assert_eq!(app.http.post(&unknown).bearer_auth(&admin).send().await.unwrap().status(), 404);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    a_reconnect_resumes_where_the_user_stood,
+    a_second_connection_evicts_the_first,
+    a_completed_attempt_cannot_be_restarted,
+    one_test_at_a_time,
+    a_deadline_is_pushed_to_the_client,
+    a_deadline_that_passed_offline_is_found_on_reconnect,
+    an_admin_ends_an_attempt_and_the_socket_sees_it,
+);
