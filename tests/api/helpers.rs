@@ -306,6 +306,22 @@ impl WsClient {
         assert_eq!(pong["request_id"], "alive?");
     }
 
+    /// Like [`Self::assert_alive`], after waiting out a rate limit.
+    pub async fn assert_alive_eventually(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"})).await;
+            let reply = self.recv().await;
+            if reply["type"] == "PONG" {
+                return;
+            }
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            assert!(tokio::time::Instant::now() < deadline, "still limited");
+            let wait = reply["retry_after_ms"].as_u64().unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
     /// Starts `test_id`, returning (ASSESSMENT_STARTED, first QUESTION).
     pub async fn start(&mut self, test_id: &str) -> (Value, Value) {
         self.send(json!({"type": "START_ASSESSMENT", "test_id": test_id})).await;

@@ -5,3 +5,5 @@ mod helpers;
 
 mod flow;
 mod lifecycle;
+mod bad_input;
+mod limits;

@@ -1,0 +1,201 @@
+//! Limits that protect the server and other users: rate limit, idle close, connection cap,
+//! a client that stops reading, graceful shutdown, and the metrics that show them.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use assessd::auth::Identity;
+use assessd::auth::Role;
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream};
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, Backend, WAIT};
+
+async fn the_rate_limit_is_per_user(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.limits.rate_per_sec = 2;
+        s.limits.rate_burst = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut fast = app.connect("fast").await;
+    let mut calm = app.connect("calm").await;
+    for i in 0..10 {
+        fast.send(json!({"type": "HEARTBEAT", "request_id": format!("h{i}")})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..10 {
+        let reply = fast.recv().await;
+        match reply["type"].as_str() {
+            Some("PONG") => pongs += 1,
+            Some("ERROR") => {
+                assert_eq!(reply["code"], "rate_limited");
+                assert!(reply["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{reply}");
+                assert!(reply["request_id"].is_string());
+                limited += 1;
+            }
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    assert!((3..10).contains(&pongs), "burst of 3 then limited: {pongs} pongs");
+    assert_eq!(pongs + limited, 10);
+    // The other user's budget is their own.
+    calm.assert_alive().await;
+    fast.assert_alive_eventually().await;
+    app.stop().await;
+}
+
+async fn a_silent_connection_is_closed_with_4008(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.limits.idle_timeout = Duration::from_millis(500)).await else { return };
+    let mut quiet = app.connect("quiet").await;
+    assert_eq!(quiet.recv_close().await, Some(4008));
+    app.stop().await;
+}
+
+async fn the_connection_cap_refuses_with_503(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.limits.max_connections = 1).await else { return };
+    let first = app.connect("one").await;
+    match app.connect_with_token(&app.token("two", Role::Taker)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| "a socket")),
+    }
+    drop(first);
+    // The slot is given back once the first session has ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if app.state.registry.live() == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never released");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.connect("two").await.assert_alive().await;
+    let (_, metrics) = metrics_text(&app).await;
+    assert!(metrics.contains("assessd_refused_connections_total 1"), "{metrics}");
+    app.stop().await;
+}
+
+async fn shutdown_closes_sockets_with_1001(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut client = app.connect("leaving").await;
+    let (started, _) = client.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    // An answer in flight when shutdown begins is recorded before the socket closes.
+    client
+        .send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"q1","answer":"b"}))
+        .await;
+    let db = app.stop().await;
+    let mut saw_feedback = false;
+    let code = loop {
+        match client.next_frame().await {
+            crate::helpers::Frame::Json(m) => saw_feedback |= m["type"] == "ANSWER_FEEDBACK",
+            crate::helpers::Frame::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    // Restart on the same database: whatever was acknowledged is there.
+    let app = crate::helpers::start_on(db, |_| {}).await;
+    let stream = app.stream_of("leaving").await;
+    let answered = stream.iter().any(|e| e["event_type"] == "AnswerSubmitted");
+    assert!(answered || !saw_feedback, "an acknowledged answer was lost");
+    app.stop().await;
+}
+
+async fn metrics_count_messages_errors_and_commands(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut m = app.connect("metric").await;
+    m.start("demo").await;
+    m.send(json!({"type": "NOPE"})).await;
+    m.recv_type("ERROR").await;
+    let (status, text) = metrics_text(&app).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "assessd_connections 1",
+        "assessd_messages_in_total{type=\"START_ASSESSMENT\"} 1",
+        "assessd_messages_out_total{type=\"QUESTION\"} 1",
+        "assessd_errors_total{code=\"unknown_type\"} 1",
+        "assessd_command_duration_seconds_count{command=\"START_ASSESSMENT\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    app.stop().await;
+}
+
+async fn metrics_text(app: &crate::helpers::TestApp) -> (u16, String) {
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// A socket whose client sends frames but never reads: every write stays pending.
+struct NeverReads {
+    incoming: VecDeque<Message>,
+}
+
+impl Stream for NeverReads {
+    type Item = Result<Message, axum::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.incoming.pop_front() {
+            Some(m) => Poll::Ready(Some(Ok(m))),
+            // Silent afterwards; the session must end on its own, not by this stream ending.
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Sink<Message> for NeverReads {
+    type Error = axum::Error;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Pending
+    }
+    fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), axum::Error> {
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Pending
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Pending
+    }
+}
+
+async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.limits.outbound_queue = 8;
+        s.limits.rate_per_sec = 10_000;
+        s.limits.rate_burst = 10_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let heartbeat = Message::Text(json!({"type": "HEARTBEAT"}).to_string().into());
+    let socket = NeverReads {
+        incoming: std::iter::repeat_n(heartbeat, 100).collect(),
+    };
+    let identity = Identity {
+        user_id: "stuck".into(),
+        roles: vec![Role::Taker],
+    };
+    let slot = app.state.registry.try_reserve().unwrap();
+    let session = assessd::ws::session::run(socket, app.state.clone(), identity, slot);
+    tokio::time::timeout(WAIT, session)
+        .await
+        .expect("the session ends once its outbound queue is full");
+    assert_eq!(app.state.registry.live(), 0);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    the_rate_limit_is_per_user,
+    a_silent_connection_is_closed_with_4008,
+    the_connection_cap_refuses_with_503,
+    shutdown_closes_sockets_with_1001,
+    metrics_count_messages_errors_and_commands,
+    a_client_that_stops_reading_is_disconnected,
+);
