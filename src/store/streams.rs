@@ -180,7 +180,7 @@ async fn try_once<R: cqrs_es::persist::PersistedEventRepository>(
 /// postgres-es reports a duplicate sequence as `AggregateConflict`; sqlite-es only does so
 /// for a primary-key violation (1555), so the unique constraint of our schema (2067)
 /// arrives as an unexpected sqlx error and is recognised here.
-fn is_conflict(err: &AggregateError<DomainError>) -> bool {
+pub fn is_conflict(err: &AggregateError<DomainError>) -> bool {
     match err {
         AggregateError::AggregateConflict => true,
         AggregateError::UnexpectedError(inner) => inner

@@ -94,7 +94,10 @@ impl TestDb {
                     .execute(&mut conn)
                     .await
                     .expect("create test database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_string())
+                    .unwrap_or(admin);
                 Some(TestDb {
                     url: format!("{base}/{name}"),
                     backend,
@@ -108,13 +111,19 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
         // Drop runs inside the test's runtime; use a thread with its own to drop the database.
         let admin = postgres_admin_url();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
-                let mut conn = sqlx::PgConnection::connect(&admin).await.map_err(std::io::Error::other)?;
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .map_err(std::io::Error::other)?;
                 sqlx::query(&format!("drop database if exists {name} with (force)"))
                     .execute(&mut conn)
                     .await
@@ -142,14 +151,21 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
     let db = TestDb::create(backend).await?;
     Some(start_on(db, configure).await)
 }
 
 /// Starts a server on an existing test database.
 pub async fn start_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), db.url.clone(), Secret::new(SECRET));
+    let mut settings = Settings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        db.url.clone(),
+        Secret::new(SECRET),
+    );
     settings.db_pool = 8;
     settings.shutdown_grace = Duration::from_secs(5);
     configure(&mut settings);
@@ -173,7 +189,9 @@ pub async fn start_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> Test
 
 impl TestApp {
     pub fn token(&self, sub: &str, role: Role) -> String {
-        self.keys.mint(sub, &[role], Duration::from_secs(3600)).unwrap()
+        self.keys
+            .mint(sub, &[role], Duration::from_secs(3600))
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -182,43 +200,66 @@ impl TestApp {
 
     /// Connects `sub` as a taker and reads CONNECTED.
     pub async fn connect(&self, sub: &str) -> WsClient {
-        let mut client = self.connect_with_token(&self.token(sub, Role::Taker)).await.expect("upgrade accepted");
+        let mut client = self
+            .connect_with_token(&self.token(sub, Role::Taker))
+            .await
+            .expect("upgrade accepted");
         let connected = client.recv_type("CONNECTED").await;
         assert_eq!(connected["user_id"], sub);
         client
     }
 
-    pub async fn connect_with_token(&self, token: &str) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(WsClient { stream })
+    pub async fn connect_with_token(
+        &self,
+        token: &str,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        ws_connect(self.addr, token).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        let response = self.http.put(self.url(path)).bearer_auth(token).json(body).send().await.unwrap();
+        let response = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Stores a test definition as an admin.
     pub async fn put_test(&self, id: &str, body: Value) {
-        let (status, reply) = self.put_json(&format!("/api/admin/tests/{id}"), &self.token("root", Role::Admin), &body).await;
+        let (status, reply) = self
+            .put_json(
+                &format!("/api/admin/tests/{id}"),
+                &self.token("root", Role::Admin),
+                &body,
+            )
+            .await;
         assert!(status == 201 || status == 200, "{status} {reply}");
     }
 
     /// One user's whole stream, as the audit API gives it.
     pub async fn stream_of(&self, user: &str) -> Vec<Value> {
         let (status, body) = self
-            .get(&format!("/api/audit/users/{user}/events?limit=1000"), &self.token("auditor", Role::Auditor))
+            .get(
+                &format!("/api/audit/users/{user}/events?limit=1000"),
+                &self.token("auditor", Role::Auditor),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         body["items"].as_array().cloned().unwrap_or_default()
@@ -230,10 +271,26 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server ran cleanly");
+            server
+                .await
+                .expect("server task")
+                .expect("server ran cleanly");
         }
         self.db
     }
+}
+
+/// Opens `/ws` on `addr` with `token` in the Authorization header.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    token: &str,
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(WsClient { stream })
 }
 
 /// A WebSocket client that reads JSON messages, skipping pings and pongs.
@@ -250,7 +307,10 @@ pub enum Frame {
 
 impl WsClient {
     pub async fn send(&mut self, message: Value) {
-        self.stream.send(Message::Text(message.to_string().into())).await.expect("send");
+        self.stream
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -265,7 +325,9 @@ impl WsClient {
                 .expect("a message within the wait");
             match next {
                 Some(Ok(Message::Text(text))) => {
-                    return Frame::Json(serde_json::from_str(text.as_str()).expect("server sends JSON"))
+                    return Frame::Json(
+                        serde_json::from_str(text.as_str()).expect("server sends JSON"),
+                    )
                 }
                 Some(Ok(Message::Close(frame))) => return Frame::Closed(frame),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
@@ -301,7 +363,8 @@ impl WsClient {
 
     /// Sends HEARTBEAT and expects PONG: proves the connection is still open and serving.
     pub async fn assert_alive(&mut self) {
-        self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"})).await;
+        self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"}))
+            .await;
         let pong = self.recv_type("PONG").await;
         assert_eq!(pong["request_id"], "alive?");
     }
@@ -310,7 +373,8 @@ impl WsClient {
     pub async fn assert_alive_eventually(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"})).await;
+            self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"}))
+                .await;
             let reply = self.recv().await;
             if reply["type"] == "PONG" {
                 return;
@@ -324,14 +388,20 @@ impl WsClient {
 
     /// Starts `test_id`, returning (ASSESSMENT_STARTED, first QUESTION).
     pub async fn start(&mut self, test_id: &str) -> (Value, Value) {
-        self.send(json!({"type": "START_ASSESSMENT", "test_id": test_id})).await;
+        self.send(json!({"type": "START_ASSESSMENT", "test_id": test_id}))
+            .await;
         let started = self.recv_type("ASSESSMENT_STARTED").await;
         let question = self.recv_type("QUESTION").await;
         (started, question)
     }
 
     /// Answers and returns (ANSWER_FEEDBACK, PROGRESS_UPDATE, next QUESTION or COMPLETED).
-    pub async fn answer(&mut self, assessment_id: &str, question_id: &str, answer: Value) -> (Value, Value, Value) {
+    pub async fn answer(
+        &mut self,
+        assessment_id: &str,
+        question_id: &str,
+        answer: Value,
+    ) -> (Value, Value, Value) {
         self.send(json!({
             "type": "SUBMIT_ANSWER", "assessment_id": assessment_id,
             "question_id": question_id, "answer": answer,

@@ -7,7 +7,9 @@ use serde_json::json;
 use crate::helpers::{demo_answer, small_test, spawn_app, Backend};
 
 async fn a_reconnect_resumes_where_the_user_stood(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut first = app.connect("carol").await;
     let (started, q1) = first.start("demo").await;
     let id = started["assessment_id"].as_str().unwrap().to_string();
@@ -29,17 +31,28 @@ async fn a_reconnect_resumes_where_the_user_stood(backend: Backend) {
     let before = app.stream_of("carol").await.len();
     let (feedback, progress, current) = second.answer(&id, "q1", demo_answer("q1")).await;
     assert_eq!(feedback["correct"], true);
-    assert_eq!(feedback["seq"].as_u64().unwrap(), q1["seq"].as_u64().unwrap() + 2);
+    assert_eq!(
+        feedback["seq"].as_u64().unwrap(),
+        q1["seq"].as_u64().unwrap() + 2
+    );
     assert_eq!(progress["answered"], 1);
     assert_eq!(current["question_id"], "q2");
-    assert_eq!(app.stream_of("carol").await.len(), before, "a re-sent answer appends nothing");
+    assert_eq!(
+        app.stream_of("carol").await.len(),
+        before,
+        "a re-sent answer appends nothing"
+    );
 
     // A different answer to it is refused; the recorded one stands.
-    second.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"q1","answer":"a"})).await;
+    second
+        .send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"q1","answer":"a"}))
+        .await;
     assert_eq!(second.recv_type("ERROR").await["code"], "conflict");
 
     // START_ASSESSMENT of the test in progress resumes it, never a second attempt.
-    second.send(json!({"type": "START_ASSESSMENT", "test_id": "demo"})).await;
+    second
+        .send(json!({"type": "START_ASSESSMENT", "test_id": "demo"}))
+        .await;
     let again = second.recv_type("ASSESSMENT_RESUMED").await;
     assert_eq!(again["assessment_id"], id);
     assert_eq!(second.recv_type("QUESTION").await["question_id"], "q2");
@@ -47,7 +60,9 @@ async fn a_reconnect_resumes_where_the_user_stood(backend: Backend) {
 }
 
 async fn a_second_connection_evicts_the_first(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut old = app.connect("dave").await;
     let (started, _) = old.start("demo").await;
     let mut new = app.connect("dave").await;
@@ -56,14 +71,20 @@ async fn a_second_connection_evicts_the_first(backend: Backend) {
     assert_eq!(old.recv_close().await, Some(4001));
 
     // The new connection resumes and keeps working.
-    assert_eq!(new.recv_type("ASSESSMENT_RESUMED").await["assessment_id"], started["assessment_id"]);
+    assert_eq!(
+        new.recv_type("ASSESSMENT_RESUMED").await["assessment_id"],
+        started["assessment_id"]
+    );
     new.recv_type("QUESTION").await;
     new.assert_alive().await;
 
     // Another user is untouched by dave's eviction.
     let mut erin = app.connect("erin").await;
     let mut dave3 = app.connect("dave").await;
-    assert_eq!(new.recv_type("SESSION_REPLACED").await["type"], "SESSION_REPLACED");
+    assert_eq!(
+        new.recv_type("SESSION_REPLACED").await["type"],
+        "SESSION_REPLACED"
+    );
     assert_eq!(new.recv_close().await, Some(4001));
     erin.assert_alive().await;
     dave3.recv_type("ASSESSMENT_RESUMED").await;
@@ -73,7 +94,9 @@ async fn a_second_connection_evicts_the_first(backend: Backend) {
 }
 
 async fn a_completed_attempt_cannot_be_restarted(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.put_test("once", small_test(1, None)).await;
     let mut frank = app.connect("frank").await;
     let (started, _) = frank.start("once").await;
@@ -83,36 +106,65 @@ async fn a_completed_attempt_cannot_be_restarted(backend: Backend) {
     assert_eq!(done["type"], "ASSESSMENT_COMPLETED");
     assert_eq!(done["score"], 2.0);
 
-    frank.send(json!({"type": "START_ASSESSMENT", "test_id": "once"})).await;
-    assert_eq!(frank.recv_type("ERROR").await["code"], "assessment_completed");
+    frank
+        .send(json!({"type": "START_ASSESSMENT", "test_id": "once"}))
+        .await;
+    assert_eq!(
+        frank.recv_type("ERROR").await["code"],
+        "assessment_completed"
+    );
     // answering it again is refused too, and GET_QUESTION reports the completion
-    frank.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s9","answer":"a"})).await;
-    assert_eq!(frank.recv_type("ERROR").await["code"], "assessment_completed");
-    frank.send(json!({"type": "GET_QUESTION", "assessment_id": id})).await;
-    assert_eq!(frank.recv_type("ASSESSMENT_COMPLETED").await["assessment_id"], id);
+    frank
+        .send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s9","answer":"a"}))
+        .await;
+    assert_eq!(
+        frank.recv_type("ERROR").await["code"],
+        "assessment_completed"
+    );
+    frank
+        .send(json!({"type": "GET_QUESTION", "assessment_id": id}))
+        .await;
+    assert_eq!(
+        frank.recv_type("ASSESSMENT_COMPLETED").await["assessment_id"],
+        id
+    );
     drop(frank);
 
     // A reconnect finds nothing to resume, and still cannot restart.
     let mut again = app.connect("frank").await;
-    again.send(json!({"type": "START_ASSESSMENT", "test_id": "once"})).await;
-    assert_eq!(again.recv_type("ERROR").await["code"], "assessment_completed");
+    again
+        .send(json!({"type": "START_ASSESSMENT", "test_id": "once"}))
+        .await;
+    assert_eq!(
+        again.recv_type("ERROR").await["code"],
+        "assessment_completed"
+    );
     app.stop().await;
 }
 
 async fn one_test_at_a_time(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.put_test("other", small_test(1, None)).await;
     let mut gina = app.connect("gina").await;
     gina.start("demo").await;
-    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "other"})).await;
-    assert_eq!(gina.recv_type("ERROR").await["code"], "assessment_in_progress");
-    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "no-such-test"})).await;
+    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "other"}))
+        .await;
+    assert_eq!(
+        gina.recv_type("ERROR").await["code"],
+        "assessment_in_progress"
+    );
+    gina.send(json!({"type": "START_ASSESSMENT", "test_id": "no-such-test"}))
+        .await;
     assert_eq!(gina.recv_type("ERROR").await["code"], "not_found");
     app.stop().await;
 }
 
 async fn a_deadline_is_pushed_to_the_client(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.put_test("quick", small_test(2, Some(1))).await;
     let mut hank = app.connect("hank").await;
     let (started, _) = hank.start("quick").await;
@@ -124,14 +176,20 @@ async fn a_deadline_is_pushed_to_the_client(backend: Backend) {
     assert_eq!(completed["assessment_id"], id);
 
     // An answer after it: ERROR time_expired, then the completion again.
-    hank.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s1","answer":"a"})).await;
+    hank.send(json!({"type":"SUBMIT_ANSWER","assessment_id":id,"question_id":"s1","answer":"a"}))
+        .await;
     assert_eq!(hank.recv_type("ERROR").await["code"], "time_expired");
-    assert_eq!(hank.recv_type("ASSESSMENT_COMPLETED").await["reason"], "time_expired");
+    assert_eq!(
+        hank.recv_type("ASSESSMENT_COMPLETED").await["reason"],
+        "time_expired"
+    );
     app.stop().await;
 }
 
 async fn a_deadline_that_passed_offline_is_found_on_reconnect(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.put_test("quick", small_test(1, Some(1))).await;
     let mut ivy = app.connect("ivy").await;
     ivy.start("quick").await;
@@ -149,20 +207,46 @@ async fn a_deadline_that_passed_offline_is_found_on_reconnect(backend: Backend) 
 }
 
 async fn an_admin_ends_an_attempt_and_the_socket_sees_it(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut jo = app.connect("jo").await;
     let (started, _) = jo.start("demo").await;
     let id = started["assessment_id"].as_str().unwrap();
     let admin = app.token("root", assessd::auth::Role::Admin);
     let url = app.url(&format!("/api/admin/users/jo/assessments/{id}/end"));
-    let response = app.http.post(&url).bearer_auth(&admin).send().await.unwrap();
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let completed = jo.recv_type("ASSESSMENT_COMPLETED").await;
     assert_eq!(completed["reason"], "ended_by_admin");
     // A second end is a conflict; an unknown attempt is 404.
-    assert_eq!(app.http.post(&url).bearer_auth(&admin).send().await.unwrap().status(), 409);
+    assert_eq!(
+        app.http
+            .post(&url)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
     let unknown = app.url("/api/admin/users/jo/assessments/nope/end");
-    assert_eq!(app.http.post(&unknown).bearer_auth(&admin).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.http
+            .post(&unknown)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     app.stop().await;
 }
 

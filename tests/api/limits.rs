@@ -26,7 +26,8 @@ async fn the_rate_limit_is_per_user(backend: Backend) {
     let mut fast = app.connect("fast").await;
     let mut calm = app.connect("calm").await;
     for i in 0..10 {
-        fast.send(json!({"type": "HEARTBEAT", "request_id": format!("h{i}")})).await;
+        fast.send(json!({"type": "HEARTBEAT", "request_id": format!("h{i}")}))
+            .await;
     }
     let (mut pongs, mut limited) = (0, 0);
     for _ in 0..10 {
@@ -35,14 +36,20 @@ async fn the_rate_limit_is_per_user(backend: Backend) {
             Some("PONG") => pongs += 1,
             Some("ERROR") => {
                 assert_eq!(reply["code"], "rate_limited");
-                assert!(reply["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{reply}");
+                assert!(
+                    reply["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+                    "{reply}"
+                );
                 assert!(reply["request_id"].is_string());
                 limited += 1;
             }
             _ => panic!("unexpected {reply}"),
         }
     }
-    assert!((3..10).contains(&pongs), "burst of 3 then limited: {pongs} pongs");
+    assert!(
+        (3..10).contains(&pongs),
+        "burst of 3 then limited: {pongs} pongs"
+    );
     assert_eq!(pongs + limited, 10);
     // The other user's budget is their own.
     calm.assert_alive().await;
@@ -51,17 +58,27 @@ async fn the_rate_limit_is_per_user(backend: Backend) {
 }
 
 async fn a_silent_connection_is_closed_with_4008(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |s| s.limits.idle_timeout = Duration::from_millis(500)).await else { return };
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.limits.idle_timeout = Duration::from_millis(500)
+    })
+    .await
+    else {
+        return;
+    };
     let mut quiet = app.connect("quiet").await;
     assert_eq!(quiet.recv_close().await, Some(4008));
     app.stop().await;
 }
 
 async fn the_connection_cap_refuses_with_503(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |s| s.limits.max_connections = 1).await else { return };
+    let Some(app) = spawn_app_with(backend, |s| s.limits.max_connections = 1).await else {
+        return;
+    };
     let first = app.connect("one").await;
     match app.connect_with_token(&app.token("two", Role::Taker)).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         other => panic!("expected 503, got {:?}", other.map(|_| "a socket")),
     }
     drop(first);
@@ -71,18 +88,26 @@ async fn the_connection_cap_refuses_with_503(backend: Backend) {
         if app.state.registry.live() == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "slot never released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never released"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     app.connect("two").await.assert_alive().await;
     let (_, metrics) = metrics_text(&app).await;
-    assert!(metrics.contains("assessd_refused_connections_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("assessd_refused_connections_total 1"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
 async fn shutdown_closes_sockets_with_1001(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut client = app.connect("leaving").await;
     let (started, _) = client.start("demo").await;
     let id = started["assessment_id"].as_str().unwrap().to_string();
@@ -108,7 +133,9 @@ async fn shutdown_closes_sockets_with_1001(backend: Backend) {
 }
 
 async fn metrics_count_messages_errors_and_commands(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut m = app.connect("metric").await;
     m.start("demo").await;
     m.send(json!({"type": "NOPE"})).await;

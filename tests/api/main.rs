@@ -3,7 +3,10 @@
 
 mod helpers;
 
+mod bad_input;
+mod concurrency;
+mod durability;
 mod flow;
 mod lifecycle;
-mod bad_input;
 mod limits;
+mod store;

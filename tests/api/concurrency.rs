@@ -1,0 +1,85 @@
+//! Many users at once, kept strictly apart.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::helpers::{demo_answer, spawn_app, Backend};
+
+/// How many users take the test at once (`ASSESSD_TEST_USERS`, default 25).
+fn users() -> usize {
+    std::env::var("ASSESSD_TEST_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25)
+}
+
+async fn many_users_at_once_are_kept_apart(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let n = users();
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let user = format!("user{i:03}");
+        let mut client = app.connect(&user).await;
+        tasks.push(tokio::spawn(async move {
+            let (started, mut question) = client.start("demo").await;
+            let id = started["assessment_id"].as_str().unwrap().to_string();
+            let mut seen: Vec<Value> = vec![started, question.clone()];
+            loop {
+                assert_eq!(
+                    question["assessment_id"], id,
+                    "{user} saw another assessment"
+                );
+                let qid = question["question_id"].as_str().unwrap().to_string();
+                let (feedback, progress, next) = client.answer(&id, &qid, demo_answer(&qid)).await;
+                seen.extend([feedback, progress, next.clone()]);
+                if next["type"] == "ASSESSMENT_COMPLETED" {
+                    break;
+                }
+                question = next;
+            }
+            for message in &seen {
+                if let Some(other) = message.get("assessment_id") {
+                    assert_eq!(other, &Value::String(id.clone()), "{user} got {message}");
+                }
+            }
+            (user, id)
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut results = Vec::new();
+    for task in tasks {
+        let (user, id) = task.await.expect("user task");
+        assert!(ids.insert(id.clone()), "assessment ids are unique");
+        results.push((user, id));
+    }
+    let took = began.elapsed();
+    eprintln!("{n} users completed the demo test concurrently on {backend:?} in {took:?}");
+
+    // Each stream holds only its own user's attempt.
+    for (user, id) in &results {
+        let stream = app.stream_of(user).await;
+        assert_eq!(
+            stream
+                .iter()
+                .filter(|e| e["event_type"] == "AssessmentStarted")
+                .count(),
+            1
+        );
+        for event in &stream {
+            assert_eq!(&event["user_id"], user);
+            assert_eq!(
+                event["payload"]["assessment_id"].as_str(),
+                Some(id.as_str()),
+                "{event}"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+crate::on_both_backends!(many_users_at_once_are_kept_apart);

@@ -1,0 +1,168 @@
+//! The traps of the cqrs-es 0.5 crates, tested around: conflicts are recognised on both
+//! backends, concurrent writers to one stream are retried and never both stored, and
+//! snapshots mean a long stream is not read whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use assessd::store::streams::{is_conflict, EventMetadata, Streams};
+use assessd::store::Database;
+use chrono::Utc;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::EventStore;
+use domain::{UserCommand, UserEvent, UserStream};
+
+use crate::helpers::{spawn_app_with, Backend};
+
+fn chat(text: &str) -> UserCommand {
+    UserCommand::Chat {
+        assessment_id: None,
+        text: text.into(),
+        reply: "reply".into(),
+        tutor: "offline_tutor".into(),
+        now: Utc::now(),
+    }
+}
+
+fn metadata() -> EventMetadata {
+    EventMetadata {
+        node_id: "test".into(),
+        actor: "user:test".into(),
+        ..Default::default()
+    }
+}
+
+/// Two writers that loaded the same version: the second commit is refused as a conflict
+/// (on SQLite a unique-constraint error the crate does not map), and only one is stored.
+async fn a_stale_writer_gets_a_conflict(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    async fn race<R: cqrs_es::persist::PersistedEventRepository>(
+        store: PersistedEventStore<R, UserStream>,
+    ) {
+        let first = store.load_aggregate("racer").await.unwrap();
+        let second = store.load_aggregate("racer").await.unwrap();
+        let event = |t: &str| UserEvent::ChatExchanged {
+            assessment_id: None,
+            test_id: None,
+            question_id: None,
+            user_text: t.into(),
+            reply_text: "r".into(),
+            tutor: "offline_tutor".into(),
+            exchanged_at: Utc::now(),
+        };
+        store
+            .commit(vec![event("first")], first, HashMap::new())
+            .await
+            .expect("first commit");
+        let err = store
+            .commit(vec![event("second")], second, HashMap::new())
+            .await
+            .expect_err("stale commit");
+        assert!(is_conflict(&err), "not recognised as a conflict: {err:?}");
+        let events = store.load_events("racer").await.unwrap();
+        assert_eq!(events.len(), 1);
+    }
+    match &app.state.db {
+        Database::Sqlite(pool) => {
+            race(PersistedEventStore::new_event_store(
+                sqlite_es::SqliteEventRepository::new(pool.clone()),
+            ))
+            .await
+        }
+        Database::Postgres(pool) => {
+            race(PersistedEventStore::new_event_store(
+                postgres_es::PostgresEventRepository::new(pool.clone()),
+            ))
+            .await
+        }
+    }
+    app.stop().await;
+}
+
+/// Writers racing on one stream through `Streams` all succeed, each exactly once.
+async fn concurrent_writers_are_retried_not_lost(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.snapshot_every = 3).await else {
+        return;
+    };
+    let streams = Arc::new(Streams::new(&app.state.db, 3));
+    let writers = 4;
+    let tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                streams
+                    .execute("shared", chat(&format!("w{i}")), &metadata())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("every writer eventually commits");
+    }
+    let state = streams.load("shared").await.unwrap();
+    assert_eq!(state.sequence, writers);
+    app.stop().await;
+}
+
+/// With a snapshot every 5 events, a 12-event stream is loaded from its snapshot: deleting
+/// the events the snapshot covers does not change the loaded state.
+async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.snapshot_every = 5).await else {
+        return;
+    };
+    let streams = Streams::new(&app.state.db, 5);
+    for i in 0..12 {
+        streams
+            .execute("long", chat(&format!("m{i}")), &metadata())
+            .await
+            .unwrap();
+    }
+    let before = streams.load("long").await.unwrap();
+    assert_eq!(before.sequence, 12);
+
+    let snapshots: Vec<(i64,)> = match &app.state.db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as("select last_sequence from snapshots where aggregate_id = 'long'")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as("select last_sequence from snapshots where aggregate_id = 'long'")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        snapshots,
+        vec![(10,)],
+        "one snapshot row per stream, at the last multiple of 5"
+    );
+
+    let delete = "delete from events where aggregate_id = 'long' and sequence <= 10";
+    match &app.state.db {
+        Database::Sqlite(pool) => sqlx::query(delete)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(delete)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .unwrap();
+    let after = streams.load("long").await.unwrap();
+    assert_eq!(after, before);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    a_stale_writer_gets_a_conflict,
+    concurrent_writers_are_retried_not_lost,
+    a_long_stream_loads_from_its_snapshot,
+);
