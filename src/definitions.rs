@@ -19,7 +19,12 @@ pub fn parse(json: &[u8], id: Option<&str>) -> Result<TestDefinition, Validation
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             ValidationError {
-                field: if path == "." { "body".into() } else { path },
+                // serde_path_to_error says "." or "?" when no field is to blame.
+                field: if matches!(path.as_str(), "." | "?" | "") {
+                    "body".into()
+                } else {
+                    path
+                },
                 message: e.into_inner().to_string(),
             }
         })?;

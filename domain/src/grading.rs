@@ -44,7 +44,8 @@ pub fn grade(question: &QuestionDefinition, answer: &Answer) -> Grade {
                 .iter()
                 .filter(|k| text.contains(&k.to_lowercase()))
                 .collect();
-            let share = found.len() as f64 / question.keywords.len() as f64;
+            // Validation requires keywords; an empty list still must not divide by zero.
+            let share = found.len() as f64 / question.keywords.len().max(1) as f64;
             let feedback = format!(
                 "Your answer covers {} of {} key ideas.",
                 found.len(),

@@ -576,7 +576,8 @@ impl Session {
     fn deadline(&self) -> Option<tokio::time::Instant> {
         let deadline = self.view.in_progress()?.deadline?;
         let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        Some(tokio::time::Instant::now() + wait)
+        // A few ms past the deadline, so the wall clock agrees it passed when we wake.
+        Some(tokio::time::Instant::now() + wait + Duration::from_millis(5))
     }
 
     fn send_resumed(&mut self, attempt: &Attempt) {

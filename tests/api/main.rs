@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod durability;
 mod flow;
+mod http_api;
 mod lifecycle;
 mod limits;
 mod store;
