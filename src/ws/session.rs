@@ -636,29 +636,11 @@ impl Session {
                     );
                     self.send(ServerMessage::progress(a, *sequence), seq);
                 }
-                (
-                    UserEvent::AssessmentCompleted {
-                        assessment_id,
-                        test_id,
-                        score,
-                        max_score,
-                        passed,
-                        reason,
-                        completed_at,
-                    },
-                    _,
-                ) => self.send(
-                    ServerMessage::AssessmentCompleted {
-                        assessment_id: assessment_id.clone(),
-                        test_id: test_id.clone(),
-                        score: *score,
-                        max_score: *max_score,
-                        passed: *passed,
-                        reason: *reason,
-                        completed_at: protocol::rfc3339(*completed_at),
-                    },
-                    seq,
-                ),
+                (UserEvent::AssessmentCompleted { .. }, Some(a)) => {
+                    if let Some((message, _)) = ServerMessage::completed(a) {
+                        self.send(message, seq);
+                    }
+                }
                 (
                     UserEvent::ChatExchanged {
                         reply_text,
