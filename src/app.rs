@@ -194,6 +194,7 @@ pub fn router(state: AppState) -> Router {
             post(http::admin_end_assessment),
         )
         .route("/api/audit/events", get(http::audit_events))
+        .route("/api/audit/users/{user_id}/verify", get(http::audit_verify))
         .route(
             "/api/audit/users/{user_id}/events",
             get(http::audit_user_events),

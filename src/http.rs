@@ -349,3 +349,22 @@ pub async fn audit_user_events(
     params.user_id = Some(user_id);
     audit_page(&state, &identity, params).await
 }
+
+/// `GET /api/audit/users/{user_id}/verify`: recomputes the stream's hash chain.
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(user_id): Path<String>,
+) -> Result<Json<crate::store::chain::Verification>, ApiError> {
+    require(&identity, &[Role::Auditor, Role::Admin])?;
+    let report = crate::store::chain::verify(
+        &state.db,
+        <domain::UserStream as cqrs_es::Aggregate>::TYPE,
+        &user_id,
+    )
+    .await?;
+    if !report.ok {
+        tracing::warn!(user_id, first_bad_sequence = ?report.first_bad_sequence, "stream failed verification");
+    }
+    Ok(Json(report))
+}

@@ -2,6 +2,8 @@
 //!
 //! - [`streams`]: the per-user event streams, through cqrs-es and sqlite-es / postgres-es.
 //! - [`catalog`]: versioned test definitions.
+//! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
+//!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
 //! - [`audit`]: read-only queries over the event history for auditors.
 //!
 //! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
@@ -9,6 +11,7 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod chain;
 pub mod streams;
 
 use std::str::FromStr;

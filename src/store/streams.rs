@@ -15,6 +15,7 @@ use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 use thiserror::Error;
 
+use super::chain::ChainedRepository;
 use super::{Database, StoreError};
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
@@ -79,8 +80,8 @@ type Store<R> = PersistedEventStore<R, UserStream>;
 
 /// The event store of every user's stream, on either backend.
 pub enum Streams {
-    Sqlite(Store<SqliteEventRepository>),
-    Postgres(Store<PostgresEventRepository>),
+    Sqlite(Store<ChainedRepository<SqliteEventRepository>>),
+    Postgres(Store<ChainedRepository<PostgresEventRepository>>),
 }
 
 /// Runs `$body` with `$store` bound to the backend's `PersistedEventStore`.
@@ -105,11 +106,11 @@ impl Streams {
         let every = snapshot_every.max(1);
         match db {
             Database::Sqlite(pool) => Streams::Sqlite(PersistedEventStore::new_snapshot_store(
-                SqliteEventRepository::new(pool.clone()),
+                ChainedRepository::new(SqliteEventRepository::new(pool.clone()), db.clone()),
                 every,
             )),
             Database::Postgres(pool) => Streams::Postgres(PersistedEventStore::new_snapshot_store(
-                PostgresEventRepository::new(pool.clone()),
+                ChainedRepository::new(PostgresEventRepository::new(pool.clone()), db.clone()),
                 every,
             )),
         }

@@ -166,3 +166,106 @@ crate::on_both_backends!(
     concurrent_writers_are_retried_not_lost,
     a_long_stream_loads_from_its_snapshot,
 );
+
+/// Every event carries a hash chained to the one before; altering, removing or reordering
+/// a recorded event is found by `verify`.
+async fn tampering_is_detected(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let mut victim = app.connect("victim").await;
+    let (started, _) = victim.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    victim.answer(&id, "q1", serde_json::json!("a")).await;
+    victim
+        .answer(&id, "q2", serde_json::json!(["a", "c"]))
+        .await;
+    let auditor = app.token("aud", assessd::auth::Role::Auditor);
+    let (status, report) = app.get("/api/audit/users/victim/verify", &auditor).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        report,
+        serde_json::json!({"ok": true, "events_checked": 8, "first_bad_sequence": null})
+    );
+    let (_, stream) = app.get("/api/audit/users/victim/events", &auditor).await;
+    assert!(stream["items"][0]["metadata"]["hash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+
+    // Someone with database access turns the wrong first answer into the right one.
+    let tamper = match backend {
+        Backend::Sqlite => "update events set payload = json_set(payload, '$.AnswerSubmitted.answer', 'b') where aggregate_id = 'victim' and sequence = 3",
+        Backend::Postgres => "update events set payload = jsonb_set(payload, '{AnswerSubmitted,answer}', '\"b\"') where aggregate_id = 'victim' and sequence = 3",
+    };
+    execute(&app.state.db, tamper).await;
+    let (_, report) = app.get("/api/audit/users/victim/verify", &auditor).await;
+    assert_eq!(
+        report,
+        serde_json::json!({"ok": false, "events_checked": 3, "first_bad_sequence": 3})
+    );
+
+    // Removing an event breaks the chain too, even with the edit undone.
+    let undo = match backend {
+        Backend::Sqlite => "update events set payload = json_set(payload, '$.AnswerSubmitted.answer', 'a') where aggregate_id = 'victim' and sequence = 3",
+        Backend::Postgres => "update events set payload = jsonb_set(payload, '{AnswerSubmitted,answer}', '\"a\"') where aggregate_id = 'victim' and sequence = 3",
+    };
+    execute(&app.state.db, undo).await;
+    let (_, report) = app.get("/api/audit/users/victim/verify", &auditor).await;
+    assert_eq!(report["ok"], true, "{report}");
+    execute(
+        &app.state.db,
+        "delete from events where aggregate_id = 'victim' and sequence = 5",
+    )
+    .await;
+    let (_, report) = app.get("/api/audit/users/victim/verify", &auditor).await;
+    assert_eq!(report["first_bad_sequence"], 6);
+    app.stop().await;
+}
+
+async fn execute(db: &Database, sql: &str) {
+    match db {
+        Database::Sqlite(pool) => sqlx::query(sql)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(sql)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .unwrap();
+}
+
+/// A snapshot written by an older shape of the aggregate is replaced, not a dead end.
+async fn a_snapshot_that_no_longer_fits_is_rebuilt(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.snapshot_every = 3).await else {
+        return;
+    };
+    let streams = Streams::new(&app.state.db, 3);
+    for i in 0..4 {
+        streams
+            .execute("reshaped", chat(&format!("m{i}")), &metadata())
+            .await
+            .unwrap();
+    }
+    let before = streams.load("reshaped").await.unwrap();
+    execute(&app.state.db, "update snapshots set payload = '{\"from_an_old_version\": true}' where aggregate_id = 'reshaped'").await;
+    assert_eq!(
+        streams.load("reshaped").await.unwrap(),
+        before,
+        "replayed from the events"
+    );
+    for i in 4..8 {
+        streams
+            .execute("reshaped", chat(&format!("m{i}")), &metadata())
+            .await
+            .expect("no lasting conflict");
+    }
+    assert_eq!(streams.load("reshaped").await.unwrap().sequence, 8);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    tampering_is_detected,
+    a_snapshot_that_no_longer_fits_is_rebuilt
+);
