@@ -102,16 +102,13 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("Failed to bind {}", settings.bind))?;
+        let keys = settings.jwt_keys()?;
         let limits = settings.limits.clone();
         let state = AppState(Arc::new(Shared {
             streams: Streams::new(&db, settings.snapshot_every),
             db,
             catalog,
-            keys: JwtKeys::hs256(
-                &settings.jwt_secret,
-                settings.jwt_issuer.clone(),
-                settings.jwt_audience.clone(),
-            ),
+            keys,
             registry: Registry::new(limits.max_connections),
             metrics: Metrics::new(),
             rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),

@@ -95,12 +95,16 @@ pub enum AuthError {
 /// Longest accepted `sub`; user ids are stream ids and appear in URLs.
 const MAX_SUBJECT_LEN: usize = 256;
 
-/// Verifies and mints HS256 tokens with one secret; only HS256 is accepted, so `alg: none`
-/// and algorithm confusion are refused by construction.
+/// Verifies tokens, and mints them when it holds a secret. HS256 with a shared secret by
+/// default; RS256 or EdDSA with an identity provider's public key. Exactly one algorithm
+/// is accepted, so `alg: none` and algorithm confusion (an HS256 token "signed" with the
+/// public key) are refused by construction.
 #[derive(Clone)]
 pub struct JwtKeys {
-    encoding: EncodingKey,
+    /// Only with a shared secret: a public key cannot sign.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
+    algorithm: Algorithm,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
@@ -109,6 +113,7 @@ pub struct JwtKeys {
 impl fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtKeys")
+            .field("algorithm", &self.algorithm)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -117,7 +122,43 @@ impl fmt::Debug for JwtKeys {
 
 impl JwtKeys {
     pub fn hs256(secret: &Secret, issuer: Option<String>, audience: Option<String>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        Self::build(
+            Some(EncodingKey::from_secret(secret.expose().as_bytes())),
+            DecodingKey::from_secret(secret.expose().as_bytes()),
+            Algorithm::HS256,
+            issuer,
+            audience,
+        )
+    }
+
+    /// Verifies tokens signed by the holder of this public key (PEM): RS256 for an RSA key,
+    /// EdDSA for an Ed25519 key.
+    ///
+    /// # Errors
+    /// When the PEM holds neither an RSA nor an Ed25519 public key.
+    pub fn public_key(
+        pem: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let (decoding, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            (key, Algorithm::RS256)
+        } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            (key, Algorithm::EdDSA)
+        } else {
+            anyhow::bail!("the JWT public key must be an RSA or Ed25519 public key in PEM form");
+        };
+        Ok(Self::build(None, decoding, algorithm, issuer, audience))
+    }
+
+    fn build(
+        encoding: Option<EncodingKey>,
+        decoding: DecodingKey,
+        algorithm: Algorithm,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.leeway = 5;
         // A configured issuer or audience must be present, not merely match when present.
         let mut required = vec!["exp", "sub"];
@@ -137,8 +178,9 @@ impl JwtKeys {
             None => validation.validate_aud = false,
         }
         Self {
-            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
-            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+            encoding,
+            decoding,
+            algorithm,
             validation,
             issuer,
             audience,
@@ -185,7 +227,12 @@ impl JwtKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let Some(encoding) = &self.encoding else {
+            anyhow::bail!(
+                "this server verifies tokens with a public key; they are issued by your identity provider"
+            );
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
             .context("Failed to sign the token")
     }
 }
@@ -322,7 +369,8 @@ mod tests {
             iss: None,
             aud: None,
         };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &keys().encoding).unwrap();
+        let secret = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &secret).unwrap();
         assert_eq!(keys().verify(&token), Err(AuthError::Expired));
     }
 
@@ -338,6 +386,69 @@ mod tests {
             .mint("alice", &[Role::Taker], Duration::from_secs(60))
             .unwrap();
         assert!(strict.verify(&good).is_ok());
+    }
+
+    fn sign(algorithm: Algorithm, key: &EncodingKey, sub: &str) -> String {
+        let claims = Claims {
+            sub: sub.into(),
+            role: RoleClaim::Many(vec![Role::Taker, Role::Auditor]),
+            exp: jsonwebtoken::get_current_timestamp() + 60,
+            iat: None,
+            iss: None,
+            aud: None,
+        };
+        jsonwebtoken::encode(&Header::new(algorithm), &claims, key).unwrap()
+    }
+
+    const ED_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/ed25519-private.pem");
+    const ED_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/ed25519-public.pem");
+    const RSA_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/rsa-private.pem");
+    const RSA_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/rsa-public.pem");
+
+    #[test]
+    fn eddsa_and_rs256_tokens_verify_with_the_public_key() {
+        let ed = JwtKeys::public_key(ED_PUBLIC, None, None).unwrap();
+        let token = sign(
+            Algorithm::EdDSA,
+            &EncodingKey::from_ed_pem(ED_PRIVATE).unwrap(),
+            "eve",
+        );
+        let id = ed.verify(&token).unwrap();
+        assert_eq!((id.user_id.as_str(), id.roles.len()), ("eve", 2));
+        let rsa = JwtKeys::public_key(RSA_PUBLIC, None, None).unwrap();
+        let token = sign(
+            Algorithm::RS256,
+            &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+            "ron",
+        );
+        assert_eq!(rsa.verify(&token).unwrap().user_id, "ron");
+        // a key of the other kind does not verify
+        assert_eq!(ed.verify(&token), Err(AuthError::Invalid));
+        assert!(JwtKeys::public_key(b"not a key", None, None).is_err());
+        assert!(
+            ed.mint("x", &[Role::Taker], Duration::from_secs(1))
+                .is_err(),
+            "a public key cannot sign"
+        );
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        // The classic attack: an HS256 token whose "secret" is the server's public key.
+        let forged = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(RSA_PUBLIC),
+            "mallory",
+        );
+        let rsa = JwtKeys::public_key(RSA_PUBLIC, None, None).unwrap();
+        assert_eq!(rsa.verify(&forged), Err(AuthError::Invalid));
+        // and an HS256 server refuses asymmetric tokens
+        let ed_token = sign(
+            Algorithm::EdDSA,
+            &EncodingKey::from_ed_pem(ED_PRIVATE).unwrap(),
+            "eve",
+        );
+        assert_eq!(keys().verify(&ed_token), Err(AuthError::Invalid));
     }
 
     #[test]

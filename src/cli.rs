@@ -21,6 +21,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(token) => {
+            if args.jwt_public_key.is_some() {
+                anyhow::bail!("with ASSESSD_JWT_PUBLIC_KEY, tokens come from your identity provider; assessd cannot sign them");
+            }
             let (secret, _) = secret_of(&args)?;
             let keys = JwtKeys::hs256(&secret, args.jwt_issuer.clone(), args.jwt_audience.clone());
             println!("{}", keys.mint(&token.sub, &token.role, token.ttl)?);
@@ -61,13 +64,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (secret, development) = secret_of(&args)?;
-    if development {
+    let public_key = args
+        .jwt_public_key
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))
+        })
+        .transpose()?;
+    if development && public_key.is_none() {
         tracing::warn!(
             path = %args.data_dir.join(".assessd-dev-secret").display(),
             "ASSESSD_JWT_SECRET is not set: using the generated development secret kept in the data directory"
         );
     }
     let mut settings = Settings::new(args.bind, args.database_url.clone(), secret);
+    settings.jwt_public_key = public_key;
     settings.jwt_issuer = args.jwt_issuer.clone();
     settings.jwt_audience = args.jwt_audience.clone();
     settings.node_id = args.node_id.clone().unwrap_or_else(default_node_id);

@@ -82,6 +82,10 @@ pub struct ServeArgs {
         global = true
     )]
     pub jwt_secret: Option<String>,
+    /// A PEM file with an identity provider's RSA or Ed25519 public key: tokens are then
+    /// verified as RS256 or EdDSA (and no longer HS256).
+    #[arg(long, env = "ASSESSD_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<PathBuf>,
     /// Required `iss` claim, when set.
     #[arg(long, env = "ASSESSD_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
@@ -170,6 +174,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub database_url: String,
     pub jwt_secret: Secret,
+    /// PEM of a public key; when set, tokens are verified with it instead of the secret.
+    pub jwt_public_key: Option<Vec<u8>>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub node_id: String,
@@ -214,6 +220,7 @@ impl Settings {
             bind,
             database_url: database_url.into(),
             jwt_secret,
+            jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
             node_id: default_node_id(),
@@ -222,6 +229,17 @@ impl Settings {
             snapshot_every: 20,
             shutdown_grace: Duration::from_secs(10),
             load_demo: true,
+        }
+    }
+}
+
+impl Settings {
+    /// The token verifier: the public key when one is configured, else the secret.
+    pub fn jwt_keys(&self) -> anyhow::Result<crate::auth::JwtKeys> {
+        let (iss, aud) = (self.jwt_issuer.clone(), self.jwt_audience.clone());
+        match &self.jwt_public_key {
+            Some(pem) => crate::auth::JwtKeys::public_key(pem, iss, aud),
+            None => Ok(crate::auth::JwtKeys::hs256(&self.jwt_secret, iss, aud)),
         }
     }
 }

@@ -275,3 +275,33 @@ fn the_command_line_tools_work() {
         "the secret is kept between runs"
     );
 }
+
+/// Behind an identity provider: EdDSA tokens verified with its public key, and the
+/// server's own HS256 tokens no longer accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_an_identity_provider_are_verified_with_its_public_key() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let public = include_bytes!("../fixtures/ed25519-public.pem").to_vec();
+    let Some(app) =
+        crate::helpers::spawn_app_with(Backend::Sqlite, |s| s.jwt_public_key = Some(public)).await
+    else {
+        return;
+    };
+    let private =
+        EncodingKey::from_ed_pem(include_bytes!("../fixtures/ed25519-private.pem")).unwrap();
+    let claims = json!({"sub": "idp-user", "role": ["taker"], "exp": jsonwebtoken::get_current_timestamp() + 60});
+    let token = encode(&Header::new(Algorithm::EdDSA), &claims, &private).unwrap();
+    let mut client = app
+        .connect_with_token(&token)
+        .await
+        .expect("EdDSA token accepted");
+    assert_eq!(client.recv_type("CONNECTED").await["user_id"], "idp-user");
+    let (status, _) = app.get("/api/tests", &token).await;
+    assert_eq!(status, 200);
+    // The HS256 token the test harness mints with the shared secret is refused.
+    let (status, _) = app
+        .get("/api/tests", &app.token("idp-user", Role::Taker))
+        .await;
+    assert_eq!(status, 401);
+    app.stop().await;
+}
