@@ -15,6 +15,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::JwtKeys;
 use crate::config::{Limits, Settings};
@@ -197,5 +198,14 @@ pub fn router(state: AppState) -> Router {
             get(http::audit_user_events),
         )
         .fallback(http::not_found)
+        .layer(
+            // Method and path only: the query may hold an access token, headers hold them too.
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::extract::Request| {
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }

@@ -12,16 +12,26 @@ use tokio::process::{Child, Command};
 use crate::helpers::{demo_answer, ws_connect, Backend, TestDb, WsClient, SECRET, WAIT};
 
 /// The real `assessd` binary, serving on a free port against `database_url`.
-async fn start_process(database_url: &str, data_dir: &std::path::Path) -> (Child, SocketAddr) {
+pub async fn start_process(database_url: &str, data_dir: &std::path::Path) -> (Child, SocketAddr) {
+    start_process_logging(database_url, data_dir, "warn", Stdio::inherit()).await
+}
+
+/// Like [`start_process`], with the log level and where its log goes.
+pub async fn start_process_logging(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    log_level: &str,
+    log: Stdio,
+) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_assessd"))
         .arg("serve")
         .env("ASSESSD_BIND", "127.0.0.1:0")
         .env("DATABASE_URL", database_url)
         .env("ASSESSD_JWT_SECRET", SECRET)
         .env("ASSESSD_DATA_DIR", data_dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("assessd starts");
@@ -124,3 +134,69 @@ async fn stream_from_db(db: &TestDb) -> Vec<(i64, String)> {
 }
 
 crate::on_both_backends!(kill_9_mid_assessment_loses_nothing);
+
+/// Tokens and the signing secret never reach the log, even at the most verbose level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    let Some(db) = TestDb::create(Backend::Sqlite).await else {
+        return;
+    };
+    let data_dir = tempfile::tempdir().unwrap();
+    let log_path = data_dir.path().join("assessd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut server, addr) =
+        start_process_logging(&db.url, data_dir.path(), "trace", Stdio::from(log)).await;
+    let keys = JwtKeys::hs256(&Secret::new(SECRET), None, None);
+    let taker = keys
+        .mint("logged", &[Role::Taker], std::time::Duration::from_secs(60))
+        .unwrap();
+    let auditor = keys
+        .mint("aud", &[Role::Auditor], std::time::Duration::from_secs(60))
+        .unwrap();
+
+    // The browser way: the token in the query string.
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={taker}"))
+            .await
+            .expect("connect");
+    use futures_util::{SinkExt, StreamExt};
+    socket.next().await.unwrap().unwrap();
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            r#"{"type":"HEARTBEAT"}"#.into(),
+        ))
+        .await
+        .unwrap();
+    socket.next().await.unwrap().unwrap();
+    // The header way, and a refused token.
+    let http = reqwest::Client::new();
+    let ok = http
+        .get(format!("http://{addr}/api/audit/events"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = http
+        .get(format!("http://{addr}/api/tests"))
+        .bearer_auth(format!("{taker}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    drop(socket);
+    server.kill().await.unwrap();
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.len() > 1000,
+        "the trace log was written: {} bytes",
+        log.len()
+    );
+    // A token's signature is the part that must never leak; check it and the whole token.
+    for token in [&taker, &auditor] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token signature is in the log");
+    }
+    assert!(!log.contains(SECRET), "the secret is in the log");
+}
