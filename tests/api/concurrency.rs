@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::helpers::{demo_answer, spawn_app, Backend};
+use crate::helpers::{demo_answer, spawn_app, spawn_app_with, Backend, WAIT};
 
 /// How many users take the test at once (`ASSESSD_TEST_USERS`, default 25).
 fn users() -> usize {
@@ -16,7 +16,8 @@ fn users() -> usize {
 }
 
 async fn many_users_at_once_are_kept_apart(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
+    // Far fewer database connections than users: a socket borrows one per command only.
+    let Some(app) = spawn_app_with(backend, |s| s.db_pool = 4).await else {
         return;
     };
     let n = users();
@@ -82,4 +83,40 @@ async fn many_users_at_once_are_kept_apart(backend: Backend) {
     app.stop().await;
 }
 
-crate::on_both_backends!(many_users_at_once_are_kept_apart);
+/// A socket that dies without a close frame ends its session at once (no spinning on a
+/// dead socket), and nobody else notices.
+async fn a_dead_socket_ends_only_its_own_session(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut alive = app.connect("alive").await;
+    let mut dying = app.connect("dying").await;
+    dying.start("demo").await;
+    assert_eq!(app.state.registry.live(), 2);
+    // Drop the TCP connection under the WebSocket: no close handshake.
+    let tcp = match dying.stream.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!("plain TCP in tests"),
+    };
+    use tokio::io::AsyncWriteExt;
+    tcp.shutdown().await.unwrap();
+    drop(dying);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.state.registry.live() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead session never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    alive.assert_alive().await;
+    // The dying user's progress is intact for their next connection.
+    let mut back = app.connect("dying").await;
+    assert_eq!(back.recv_type("ASSESSMENT_RESUMED").await["answered"], 0);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    many_users_at_once_are_kept_apart,
+    a_dead_socket_ends_only_its_own_session
+);
