@@ -226,3 +226,35 @@ crate::on_both_backends!(
     metrics_count_messages_errors_and_commands,
     a_client_that_stops_reading_is_disconnected,
 );
+
+/// The server pings an idle client, and a client that answers pings stays connected
+/// past the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_pongs_keep_a_connection_alive() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let Some(app) = spawn_app_with(Backend::Sqlite, |s| {
+        s.limits.ping_interval = Duration::from_millis(100);
+        s.limits.idle_timeout = Duration::from_millis(600);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut client = app.connect("pinged").await;
+    // tungstenite answers each ping with a pong as it reads; read for 3 idle timeouts.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1800);
+    let mut pings = 0;
+    while let Ok(frame) = tokio::time::timeout_at(until, client.stream.next()).await {
+        match frame {
+            Some(Ok(WsMessage::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        pings >= 5,
+        "only {pings} pings in 1.8 s at a 100 ms interval"
+    );
+    client.assert_alive().await;
+    app.stop().await;
+}
