@@ -7,7 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -332,7 +332,6 @@ pub async fn audit_events(
     State(state): State<AppState>,
     Caller(identity): Caller,
     params: Result<Query<AuditParams>, QueryRejection>,
-    _headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let params = query_params(params)?;
     audit_page(&state, &identity, params).await

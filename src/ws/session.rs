@@ -694,12 +694,13 @@ impl Session {
 /// A frame over the size limit surfaces as a read error; anything else means the socket
 /// is gone. Either way the session ends, so a dead socket can never spin.
 fn end_for_error(error: axum::Error) -> End {
-    let text = error.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-        End::Close(close::TOO_BIG, "message too big")
-    } else {
-        tracing::debug!(error = %text, "socket read failed");
-        End::Gone
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(close::TOO_BIG, "message too big"),
+        _ => {
+            tracing::debug!(error = %inner, "socket read failed");
+            End::Gone
+        }
     }
 }
 
