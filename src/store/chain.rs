@@ -5,6 +5,12 @@
 //!   event's hash and this event's content (stream id, sequence, type, version, payload,
 //!   metadata without the hash), in canonical JSON. [`verify`] recomputes the chain, so an
 //!   auditor can prove a stream was not altered after it was written.
+//! - **Snapshots labelled with the state they hold.** When one commit's events cross the
+//!   snapshot boundary, cqrs-es 0.5 serialises the aggregate after only the events up to
+//!   the boundary, while sqlite-es / postgres-es label the row with the commit's LAST
+//!   sequence; every later load then skips the events in between. Here the rest of the
+//!   commit's events are applied to the snapshot before it is written, so a snapshot is
+//!   always exactly the state after the sequence it is labelled with.
 //! - **Snapshots that no longer fit.** When the aggregate's shape changes, an old snapshot
 //!   no longer deserializes; cqrs-es then replays from zero but tries to INSERT a first
 //!   snapshot over the existing row, a conflict on every later command. Here such a
@@ -28,12 +34,48 @@ const HASH_KEY: &str = "hash";
 pub struct ChainedRepository<R> {
     inner: R,
     db: Database,
+    /// The event store's snapshot interval: cqrs-es snapshots at multiples of it.
+    snapshot_every: usize,
 }
 
 impl<R> ChainedRepository<R> {
-    pub fn new(inner: R, db: Database) -> Self {
-        Self { inner, db }
+    pub fn new(inner: R, db: Database, snapshot_every: usize) -> Self {
+        Self {
+            inner,
+            db,
+            snapshot_every: snapshot_every.max(1),
+        }
     }
+}
+
+/// How many of a commit's events cqrs-es 0.5 applied to the snapshot it hands over: up to
+/// the last multiple of `every` the commit reaches (`commit_snapshot_with_addl_events`).
+/// Zero when the commit reaches no boundary.
+fn events_in_snapshot(first_sequence: usize, count: usize, every: usize) -> usize {
+    let before = first_sequence.saturating_sub(1);
+    let last = before + count;
+    let boundary = last - last % every;
+    boundary.saturating_sub(before)
+}
+
+/// The state after the last of `events`, given `snapshot`, the state after the first
+/// [`events_in_snapshot`] of them.
+fn complete_snapshot<A: Aggregate>(
+    snapshot: Value,
+    events: &[SerializedEvent],
+    every: usize,
+) -> Result<Value, PersistenceError> {
+    let Some(first) = events.first() else {
+        return Ok(snapshot);
+    };
+    let applied = events_in_snapshot(first.sequence, events.len(), every);
+    let mut state: A = serde_json::from_value(snapshot)?;
+    // No upcasters are configured, so an event deserializes exactly as it was serialized.
+    for event in &events[applied.min(events.len())..] {
+        let event: A::Event = serde_json::from_value(event.payload.clone())?;
+        state.apply(event);
+    }
+    Ok(serde_json::to_value(state)?)
 }
 
 /// Rebuilds `value` with every object's keys in sorted order, so the same content always
@@ -195,6 +237,14 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
                 previous = hash;
             }
         }
+        let snapshot_update = match snapshot_update {
+            Some((id, snapshot, version)) => Some((
+                id,
+                complete_snapshot::<A>(snapshot, &chained, self.snapshot_every)?,
+                version,
+            )),
+            None => None,
+        };
         self.inner.persist::<A>(&chained, snapshot_update).await
     }
 
@@ -277,6 +327,19 @@ pub async fn verify(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The same cases as cqrs-es 0.5's own test of `commit_snapshot_with_addl_events`.
+    #[test]
+    fn the_events_in_a_handed_over_snapshot_are_counted_as_cqrs_es_does() {
+        // (stream length before the commit, events in the commit, interval) -> applied
+        assert_eq!(events_in_snapshot(6, 3, 5), 0);
+        assert_eq!(events_in_snapshot(6, 3, 4), 3);
+        assert_eq!(events_in_snapshot(6, 4, 4), 3);
+        assert_eq!(events_in_snapshot(6, 8, 4), 7);
+        assert_eq!(events_in_snapshot(20, 3, 20), 1);
+        assert_eq!(events_in_snapshot(1, 1, 1), 1);
+        assert_eq!(events_in_snapshot(1, 5, 1), 5);
+    }
 
     #[test]
     fn the_hash_ignores_key_order_and_its_own_field() {

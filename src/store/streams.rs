@@ -106,11 +106,15 @@ impl Streams {
         let every = snapshot_every.max(1);
         match db {
             Database::Sqlite(pool) => Streams::Sqlite(PersistedEventStore::new_snapshot_store(
-                ChainedRepository::new(SqliteEventRepository::new(pool.clone()), db.clone()),
+                ChainedRepository::new(SqliteEventRepository::new(pool.clone()), db.clone(), every),
                 every,
             )),
             Database::Postgres(pool) => Streams::Postgres(PersistedEventStore::new_snapshot_store(
-                ChainedRepository::new(PostgresEventRepository::new(pool.clone()), db.clone()),
+                ChainedRepository::new(
+                    PostgresEventRepository::new(pool.clone()),
+                    db.clone(),
+                    every,
+                ),
                 every,
             )),
         }

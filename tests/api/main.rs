@@ -10,4 +10,5 @@ mod flow;
 mod http_api;
 mod lifecycle;
 mod limits;
+mod snapshots;
 mod store;
