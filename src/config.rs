@@ -197,6 +197,8 @@ pub struct Limits {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub outbound_queue: usize,
+    /// How long a client's socket may accept no write before it is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -209,6 +211,7 @@ impl Default for Limits {
             rate_per_sec: 20,
             rate_burst: 40,
             outbound_queue: 64,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -254,6 +257,7 @@ impl ServeArgs {
             rate_per_sec: self.rate_per_sec.max(1),
             rate_burst: self.rate_burst.max(1),
             outbound_queue: self.outbound_queue.max(8),
+            ..Limits::default()
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::AuthError;
-use crate::store::streams::CommandError;
+use crate::commands::CommandError;
 use crate::store::StoreError;
 
 /// The protocol's error codes.
@@ -131,6 +131,10 @@ impl From<CommandError> for ClientError {
             CommandError::Conflict => ClientError::new(
                 ErrorCode::Conflict,
                 "your stream changed while this was being recorded; send it again",
+            ),
+            CommandError::Replaced => ClientError::new(
+                ErrorCode::Conflict,
+                "this connection was replaced by a newer one; nothing was recorded",
             ),
             CommandError::Store(e) => e.into(),
         }

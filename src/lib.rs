@@ -4,13 +4,17 @@
 //! action is an event in the test-taker's own stream, auditors read that history.
 //!
 //! ## Layout
-//! - [`app`]: shared state, the router, and [`Application`] (build, then run until a
-//!   shutdown future resolves). `main.rs` and the integration tests use only this.
+//! - [`app`]: [`Application`] (build, then run until a shutdown future resolves) and the
+//!   router. `main.rs` and the integration tests use only this.
+//! - [`state`]: [`state::AppState`], what every request and session shares.
+//! - [`commands`]: the one command path every change to a user's stream goes through.
 //! - [`config`]: the command line and environment, and the typed [`Settings`].
 //! - [`auth`]: JWT verification and minting, roles, secrets that never print.
 //! - [`ws`]: the WebSocket protocol: wire messages, the registry of live sessions (one per
 //!   user), and the session that turns frames into commands and events into replies.
-//! - [`http`]: the HTTP API: health, metrics, tests, admin and audit routes.
+//! - [`http`]: the HTTP API, one module per feature (home and health, the socket upgrade,
+//!   tests, admin, audit).
+//! - [`rate_limit`]: each user's message budget.
 //! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
 //!   queries.
 //! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
@@ -24,11 +28,14 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod definitions;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod rate_limit;
+pub mod state;
 pub mod store;
 pub mod tutor;
 pub mod ws;

@@ -119,17 +119,17 @@ impl UserStream {
             .count() as u32
     }
 
-    /// Decides which events `command` produces, without changing `self`.
+    /// Decides what `command` does: which events it records and what that means.
     ///
     /// # Errors
     /// The [`DomainError`] of the first rule the command breaks; then nothing is recorded.
-    pub fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, DomainError> {
-        let mut decision = Decision {
+    pub fn decide(&self, command: UserCommand) -> Result<Decision, DomainError> {
+        let mut decision = Deciding {
             state: self.clone(),
             events: Vec::new(),
         };
         decision.expire_overdue(command.now());
-        match command {
+        let outcome = match command {
             UserCommand::StartAssessment {
                 test,
                 assessment_id,
@@ -142,8 +142,8 @@ impl UserStream {
                 answer,
                 test,
                 now,
-            } => decision.submit(&assessment_id, &question_id, answer, &test, now)?,
-            UserCommand::ExpireOverdue { .. } => {}
+            } => decision.submit(assessment_id, question_id, answer, &test, now)?,
+            UserCommand::ExpireOverdue { .. } => Outcome::Checked,
             UserCommand::Chat {
                 assessment_id,
                 text,
@@ -152,20 +152,63 @@ impl UserStream {
                 now,
             } => decision.chat(assessment_id, text, reply, tutor, now)?,
             UserCommand::EndByAdmin { assessment_id, now } => {
-                decision.end_by_admin(&assessment_id, now)?
+                decision.end_by_admin(assessment_id, now)?
             }
-        }
-        Ok(decision.events)
+        };
+        Ok(decision.finish(outcome))
     }
 }
 
+/// What a command did, as the rules decided it, so no caller has to work it out again
+/// from the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new attempt was started and its first question presented.
+    Started { assessment_id: String },
+    /// The test asked for is already in progress: nothing new was recorded.
+    Resumed { assessment_id: String },
+    /// The answer was recorded and graded; the next question or the completion follows.
+    Answered {
+        assessment_id: String,
+        question_id: String,
+    },
+    /// This very answer was recorded before (a retry): nothing new was recorded.
+    AlreadyAnswered {
+        assessment_id: String,
+        question_id: String,
+    },
+    /// The deadline passed before the answer arrived: the expiry was recorded instead.
+    TooLate { assessment_id: String },
+    /// A tutor exchange was recorded.
+    Chatted,
+    /// An admin ended the attempt.
+    Ended { assessment_id: String },
+    /// Nothing was asked but the clock: an overdue attempt, if any, was completed.
+    Checked,
+}
+
+/// A decided command: what it means and the events that record it (in order). Any attempt
+/// whose deadline had passed is completed first, whatever the command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub events: Vec<UserEvent>,
+}
+
 /// A command being decided: the events so far, and the state they lead to.
-struct Decision {
+struct Deciding {
     state: UserStream,
     events: Vec<UserEvent>,
 }
 
-impl Decision {
+impl Deciding {
+    fn finish(self, outcome: Outcome) -> Decision {
+        Decision {
+            outcome,
+            events: self.events,
+        }
+    }
+
     fn emit(&mut self, event: UserEvent) {
         self.state.apply(event.clone());
         self.events.push(event);
@@ -188,10 +231,12 @@ impl Decision {
         assessment_id: String,
         question_order: Vec<String>,
         now: DateTime<Utc>,
-    ) -> Result<(), DomainError> {
+    ) -> Result<Outcome, DomainError> {
         if let Some(current) = self.state.in_progress() {
             if current.test_id == test.id {
-                return Ok(()); // resumed: nothing to record
+                return Ok(Outcome::Resumed {
+                    assessment_id: current.assessment_id.clone(),
+                });
             }
             return Err(DomainError::AssessmentInProgress {
                 test_id: current.test_id.clone(),
@@ -234,27 +279,31 @@ impl Decision {
             question_order,
             started_at: now,
         });
-        self.present_next(&assessment_id, test, now)
+        self.present_next(&assessment_id, test, now)?;
+        Ok(Outcome::Started { assessment_id })
     }
 
     fn submit(
         &mut self,
-        assessment_id: &str,
-        question_id: &str,
+        assessment_id: String,
+        question_id: String,
         answer: Answer,
         test: &TestDefinition,
         now: DateTime<Utc>,
-    ) -> Result<(), DomainError> {
+    ) -> Result<Outcome, DomainError> {
         let attempt =
             self.state
-                .attempt(assessment_id)
+                .attempt(&assessment_id)
                 .ok_or_else(|| DomainError::AssessmentNotFound {
-                    assessment_id: assessment_id.to_string(),
+                    assessment_id: assessment_id.clone(),
                 })?;
         // A retry of a recorded answer is answered from the record, whatever came since.
-        if let Some(recorded) = attempt.answer_to(question_id) {
+        if let Some(recorded) = attempt.answer_to(&question_id) {
             if recorded.answer.same_as(&answer) {
-                return Ok(());
+                return Ok(Outcome::AlreadyAnswered {
+                    assessment_id,
+                    question_id,
+                });
             }
             return Err(DomainError::AnswerAlreadyRecorded {
                 question_id: question_id.to_string(),
@@ -262,19 +311,19 @@ impl Decision {
         }
         if let AttemptStatus::Completed { reason, .. } = &attempt.status {
             let just_expired = self.events.iter().any(|e| {
-                matches!(e, UserEvent::AssessmentCompleted { assessment_id: id, .. } if id == assessment_id)
+                matches!(e, UserEvent::AssessmentCompleted { assessment_id: id, .. } if *id == assessment_id)
             });
             if just_expired {
                 // Record the expiry; the caller reports time_expired for the late answer.
-                return Ok(());
+                return Ok(Outcome::TooLate { assessment_id });
             }
             return Err(if *reason == CompletionReason::TimeExpired {
                 DomainError::TimeExpired {
-                    assessment_id: assessment_id.to_string(),
+                    assessment_id: assessment_id.clone(),
                 }
             } else {
                 DomainError::AssessmentCompleted {
-                    assessment_id: assessment_id.to_string(),
+                    assessment_id: assessment_id.clone(),
                 }
             });
         }
@@ -290,25 +339,25 @@ impl Decision {
             .is_some_and(|(q, _)| q.question_id == question_id);
         if !is_current {
             return Err(DomainError::WrongQuestion {
-                question_id: question_id.to_string(),
+                question_id: question_id.clone(),
             });
         }
-        let question = test.question(question_id).ok_or_else(|| {
+        let question = test.question(&question_id).ok_or_else(|| {
             DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
         })?;
         grading::check_answer_shape(question, &answer).map_err(DomainError::InvalidAnswer)?;
         let grade = grading::grade(question, &answer);
         self.emit(UserEvent::AnswerSubmitted {
-            assessment_id: assessment_id.to_string(),
+            assessment_id: assessment_id.clone(),
             test_id: test.id.clone(),
-            question_id: question_id.to_string(),
+            question_id: question_id.clone(),
             answer,
             submitted_at: now,
         });
         self.emit(UserEvent::FeedbackGiven {
-            assessment_id: assessment_id.to_string(),
+            assessment_id: assessment_id.clone(),
             test_id: test.id.clone(),
-            question_id: question_id.to_string(),
+            question_id: question_id.clone(),
             correct: grade.correct,
             score: grade.score,
             max_score: grade.max_score,
@@ -316,7 +365,11 @@ impl Decision {
             graded_by: OFFLINE_GRADER.to_string(),
             given_at: now,
         });
-        self.present_next(assessment_id, test, now)
+        self.present_next(&assessment_id, test, now)?;
+        Ok(Outcome::Answered {
+            assessment_id,
+            question_id,
+        })
     }
 
     /// Presents the next question of the order, or completes the attempt after the last.
@@ -371,7 +424,7 @@ impl Decision {
         reply: String,
         tutor: String,
         now: DateTime<Utc>,
-    ) -> Result<(), DomainError> {
+    ) -> Result<Outcome, DomainError> {
         if text.trim().is_empty() {
             return Err(DomainError::InvalidChat("text must not be empty".into()));
         }
@@ -405,24 +458,33 @@ impl Decision {
             tutor,
             exchanged_at: now,
         });
-        Ok(())
+        Ok(Outcome::Chatted)
     }
 
-    fn end_by_admin(&mut self, assessment_id: &str, now: DateTime<Utc>) -> Result<(), DomainError> {
+    fn end_by_admin(
+        &mut self,
+        assessment_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DomainError> {
         let attempt =
             self.state
-                .attempt(assessment_id)
+                .attempt(&assessment_id)
                 .ok_or_else(|| DomainError::AssessmentNotFound {
-                    assessment_id: assessment_id.to_string(),
+                    assessment_id: assessment_id.clone(),
                 })?;
         if !attempt.is_in_progress() {
-            return Err(DomainError::AssessmentCompleted {
-                assessment_id: assessment_id.to_string(),
+            let just_expired = self.events.iter().any(|e| {
+                matches!(e, UserEvent::AssessmentCompleted { assessment_id: id, .. } if *id == assessment_id)
             });
+            if just_expired {
+                // The clock ended it first; that is recorded, and the caller says so.
+                return Ok(Outcome::TooLate { assessment_id });
+            }
+            return Err(DomainError::AssessmentCompleted { assessment_id });
         }
         let event = completion(attempt, CompletionReason::EndedByAdmin, now);
         self.emit(event);
-        Ok(())
+        Ok(Outcome::Ended { assessment_id })
     }
 }
 
@@ -451,7 +513,7 @@ impl Aggregate for UserStream {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
+        for event in self.decide(command)?.events {
             sink.write(event, self).await;
         }
         Ok(())

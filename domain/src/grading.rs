@@ -86,6 +86,11 @@ pub fn check_answer_shape(question: &QuestionDefinition, answer: &Answer) -> Res
             }
         }
         (QuestionKind::MultipleChoice, Answer::Choices(ids)) => {
+            // An empty selection is almost always a client bug, and once recorded it is
+            // graded wrong for good: refuse it instead.
+            if ids.is_empty() {
+                return Err("choose at least one of the choices".to_string());
+            }
             for (i, id) in ids.iter().enumerate() {
                 if !known(id) {
                     return Err(format!("{id:?} is not one of the choices"));
@@ -186,6 +191,7 @@ mod tests {
         assert!(check_answer_shape(&t.questions[0], &choices(&["a"])).is_err());
         assert!(check_answer_shape(&t.questions[1], &text("a")).is_err());
         assert!(check_answer_shape(&t.questions[1], &choices(&["a", "a"])).is_err());
+        assert!(check_answer_shape(&t.questions[1], &choices(&[])).is_err());
         assert!(check_answer_shape(&t.questions[1], &choices(&["a", "c"])).is_ok());
         assert!(
             check_answer_shape(&t.questions[2], &text(&"x".repeat(MAX_ANSWER_LEN + 1))).is_err()

@@ -24,7 +24,7 @@ pub mod events;
 pub mod grading;
 pub mod test_definition;
 
-pub use aggregate::{Attempt, AttemptStatus, RecordedAnswer, UserStream};
+pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, UserStream};
 pub use commands::UserCommand;
 pub use error::DomainError;
 pub use events::{Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent};

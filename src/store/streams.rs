@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, EventStore};
-use domain::{DomainError, UserCommand, UserEvent, UserStream};
+use domain::{DomainError, Outcome, UserCommand, UserEvent, UserStream};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 use thiserror::Error;
@@ -58,15 +58,18 @@ pub struct Recorded {
     pub event: UserEvent,
 }
 
-/// What a command did: the events it appended (maybe none) and the state after them.
+/// A command as recorded: what the domain decided it means, the events it appended (maybe
+/// none), and the state after them.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Committed {
+    pub outcome: Outcome,
     pub events: Vec<Recorded>,
     pub state: UserStream,
 }
 
+/// Why a command was not appended; in every case nothing was recorded.
 #[derive(Debug, Error)]
-pub enum CommandError {
+pub enum AppendError {
     #[error(transparent)]
     Rule(#[from] DomainError),
     /// Other writers kept appending to the stream; the caller may try again.
@@ -95,7 +98,7 @@ macro_rules! on_store {
 }
 
 enum Attempt {
-    Done(Outcome),
+    Done(Committed),
     Conflict,
 }
 
@@ -136,7 +139,7 @@ impl Streams {
         user_id: &str,
         command: UserCommand,
         metadata: &EventMetadata,
-    ) -> Result<Outcome, CommandError> {
+    ) -> Result<Committed, AppendError> {
         for _ in 0..MAX_ATTEMPTS {
             let attempt = on_store!(self, store => try_once(store, user_id, command.clone(), metadata).await)?;
             if let Attempt::Done(outcome) = attempt {
@@ -144,7 +147,7 @@ impl Streams {
             }
             tracing::debug!(user_id, "optimistic concurrency conflict; deciding again");
         }
-        Err(CommandError::Conflict)
+        Err(AppendError::Conflict)
     }
 }
 
@@ -153,21 +156,23 @@ async fn try_once<R: cqrs_es::persist::PersistedEventRepository>(
     user_id: &str,
     command: UserCommand,
     metadata: &EventMetadata,
-) -> Result<Attempt, CommandError> {
+) -> Result<Attempt, AppendError> {
     let context = store.load_aggregate(user_id).await.map_err(store_error)?;
-    let events = context.aggregate.decide(command)?;
+    let domain::Decision { outcome, events } = context.aggregate.decide(command)?;
     let mut state = context.aggregate.clone();
     for event in &events {
         cqrs_es::Aggregate::apply(&mut state, event.clone());
     }
     if events.is_empty() {
-        return Ok(Attempt::Done(Outcome {
+        return Ok(Attempt::Done(Committed {
+            outcome,
             events: Vec::new(),
             state,
         }));
     }
     match store.commit(events, context, metadata.to_map()).await {
-        Ok(envelopes) => Ok(Attempt::Done(Outcome {
+        Ok(envelopes) => Ok(Attempt::Done(Committed {
+            outcome,
             events: envelopes
                 .into_iter()
                 .map(|e| Recorded {

@@ -5,28 +5,21 @@
 //! old and new sessions and by admin commands, so a new session starts reading the stream
 //! only after the old session's in-flight command has been recorded.
 //!
-//! Eviction across nodes (a later issue) delivers [`Control::Evict`] through the shared
+//! Eviction across nodes (a later issue) will cancel the same token through the shared
 //! database; this registry is the local end of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// What the server tells a live session from outside its socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    /// A newer connection of the same user took over.
-    Evict,
-    /// The stream was changed by someone else (an admin ended an attempt); read it again.
-    StreamChanged,
-}
 
 struct Entry {
     session_id: Uuid,
-    control: mpsc::UnboundedSender<Control>,
+    evicted: CancellationToken,
+    changed: Arc<Notify>,
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -47,10 +40,13 @@ impl Drop for Slot {
     }
 }
 
-/// A session's membership: its control channel and its user's command lock.
+/// A session's membership: how it hears from outside its socket.
 pub struct Registration {
-    pub control: mpsc::UnboundedReceiver<Control>,
-    pub lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when a newer connection of the same user takes over.
+    pub evicted: CancellationToken,
+    /// Notified when someone else (an admin) changed the stream: read it again. Several
+    /// notifications before the session looks are one.
+    pub changed: Arc<Notify>,
     /// Whether an older session of the user was evicted.
     pub evicted_other: bool,
 }
@@ -89,13 +85,13 @@ impl Registry {
 
     /// Makes `session_id` the user's live session, evicting the previous one.
     pub fn register(&self, user_id: &str, session_id: Uuid) -> Registration {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let evicted = CancellationToken::new();
+        let changed = Arc::new(Notify::new());
         let mut sessions = self.sessions();
         let (lock, evicted_other) = match sessions.remove(user_id) {
             Some(old) => {
-                // The old session may already be gone; then there is nothing to evict.
-                let evicted = old.control.send(Control::Evict).is_ok();
-                (old.lock, evicted)
+                old.evicted.cancel();
+                (old.lock, true)
             }
             None => (Arc::new(tokio::sync::Mutex::new(())), false),
         };
@@ -103,13 +99,14 @@ impl Registry {
             user_id.to_string(),
             Entry {
                 session_id,
-                control: tx,
-                lock: lock.clone(),
+                evicted: evicted.clone(),
+                changed: changed.clone(),
+                lock,
             },
         );
         Registration {
-            control: rx,
-            lock,
+            evicted,
+            changed,
             evicted_other,
         }
     }
@@ -136,7 +133,7 @@ impl Registry {
     /// Tells the user's live session, if any, that its stream changed.
     pub fn notify(&self, user_id: &str) {
         if let Some(entry) = self.sessions().get(user_id) {
-            let _ = entry.control.send(Control::StreamChanged);
+            entry.changed.notify_one();
         }
     }
 
@@ -155,15 +152,16 @@ mod tests {
     fn a_new_session_evicts_the_old_one_and_only_the_old_one() {
         let registry = Registry::new(10);
         let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut first = registry.register("alice", old);
+        let first = registry.register("alice", old);
         assert!(!first.evicted_other);
-        let mut second = registry.register("alice", new);
+        let lock = registry.user_lock("alice");
+        let second = registry.register("alice", new);
         assert!(second.evicted_other);
-        assert_eq!(first.control.try_recv(), Ok(Control::Evict));
-        assert!(second.control.try_recv().is_err());
+        assert!(first.evicted.is_cancelled());
+        assert!(!second.evicted.is_cancelled());
         assert!(
-            Arc::ptr_eq(&first.lock, &second.lock),
-            "one command lock per user"
+            Arc::ptr_eq(&lock, &registry.user_lock("alice")),
+            "the new session inherits the user's command lock"
         );
         // the old session leaving must not remove the new one
         registry.unregister("alice", old);

@@ -140,7 +140,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub keys: JwtKeys,
     pub http: reqwest::Client,
-    pub state: assessd::app::AppState,
+    pub state: assessd::state::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     // Dropped last: the server must stop using the database before it is dropped.
@@ -367,23 +367,6 @@ impl WsClient {
             .await;
         let pong = self.recv_type("PONG").await;
         assert_eq!(pong["request_id"], "alive?");
-    }
-
-    /// Like [`Self::assert_alive`], after waiting out a rate limit.
-    pub async fn assert_alive_eventually(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            self.send(json!({"type": "HEARTBEAT", "request_id": "alive?"}))
-                .await;
-            let reply = self.recv().await;
-            if reply["type"] == "PONG" {
-                return;
-            }
-            assert_eq!(reply["code"], "rate_limited", "{reply}");
-            assert!(tokio::time::Instant::now() < deadline, "still limited");
-            let wait = reply["retry_after_ms"].as_u64().unwrap_or(100);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
     }
 
     /// Starts `test_id`, returning (ASSESSMENT_STARTED, first QUESTION).

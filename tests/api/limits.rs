@@ -12,8 +12,13 @@ use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use serde_json::json;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
 use crate::helpers::{spawn_app, spawn_app_with, Backend, WAIT};
 
+/// Over-budget messages are not processed; the first of each budget window gets
+/// `rate_limited`, the rest nothing. Another user's budget is their own.
 async fn the_rate_limit_is_per_user(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |s| {
         s.limits.rate_per_sec = 2;
@@ -29,31 +34,97 @@ async fn the_rate_limit_is_per_user(backend: Backend) {
         fast.send(json!({"type": "HEARTBEAT", "request_id": format!("h{i}")}))
             .await;
     }
-    let (mut pongs, mut limited) = (0, 0);
-    for _ in 0..10 {
-        let reply = fast.recv().await;
-        match reply["type"].as_str() {
-            Some("PONG") => pongs += 1,
-            Some("ERROR") => {
-                assert_eq!(reply["code"], "rate_limited");
-                assert!(
-                    reply["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
-                    "{reply}"
-                );
-                assert!(reply["request_id"].is_string());
-                limited += 1;
-            }
-            _ => panic!("unexpected {reply}"),
-        }
+    // The burst is answered, then one refusal for the window.
+    for i in 0..3 {
+        assert_eq!(fast.recv_type("PONG").await["request_id"], format!("h{i}"));
     }
+    let refusal = fast.recv_type("ERROR").await;
+    assert_eq!(refusal["code"], "rate_limited");
+    assert_eq!(refusal["request_id"], "h3", "the first message over budget");
     assert!(
-        (3..10).contains(&pongs),
-        "burst of 3 then limited: {pongs} pongs"
+        refusal["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{refusal}"
     );
-    assert_eq!(pongs + limited, 10);
+    let refused_at = tokio::time::Instant::now();
     // The other user's budget is their own.
     calm.assert_alive().await;
-    fast.assert_alive_eventually().await;
+    // Once the budget refills, as the refusal said, the connection serves again; h4..h9
+    // got nothing (a reply to them would arrive before this PONG).
+    let retry_after = refusal["retry_after_ms"].as_u64().unwrap();
+    tokio::time::sleep_until(refused_at + Duration::from_millis(retry_after)).await;
+    fast.assert_alive().await;
+    app.stop().await;
+}
+
+/// A client that sends 300 messages at once while reading everything keeps its connection:
+/// it is throttled (a few `rate_limited`, not 260), never cut off.
+async fn a_flood_from_a_reading_client_keeps_its_connection(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let client = app.connect("flooder").await;
+    let (mut sink, mut stream) = client.stream.split();
+    let flood = tokio::spawn(async move {
+        for i in 0..300 {
+            let text = json!({"type": "HEARTBEAT", "request_id": format!("f{i}")}).to_string();
+            sink.send(WsMessage::Text(text.into())).await.expect("send");
+        }
+        sink
+    });
+    // Read while the flood is sent; stop once it is all sent, refused at least once, and
+    // the server has gone quiet.
+    let (mut pongs, mut limited) = (0, 0);
+    let mut retry_at = tokio::time::Instant::now();
+    let mut flood = Some(flood);
+    let mut sink = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never ended"
+        );
+        let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        match next {
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let reply: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                match reply["type"].as_str() {
+                    Some("PONG") => pongs += 1,
+                    Some("ERROR") => {
+                        assert_eq!(reply["code"], "rate_limited", "{reply}");
+                        limited += 1;
+                        let wait = reply["retry_after_ms"].as_u64().expect("retry_after_ms");
+                        retry_at = tokio::time::Instant::now() + Duration::from_millis(wait);
+                    }
+                    _ => panic!("unexpected {reply}"),
+                }
+            }
+            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => {}
+            Ok(other) => panic!("the connection must stay open: {other:?}"),
+            Err(_) => {
+                if let Some(task) = flood.take_if(|t| t.is_finished()) {
+                    sink = Some(task.await.expect("flood task"));
+                }
+                if sink.is_some() && limited > 0 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(pongs >= 40, "the burst of 40 is served: {pongs} pongs");
+    assert!(limited >= 1, "the flood is told it is rate limited");
+    assert!(
+        limited < 40,
+        "at most one rate_limited per budget window, not one per message: {limited}"
+    );
+    let mut client = crate::helpers::WsClient {
+        stream: sink
+            .expect("flood finished")
+            .reunite(stream)
+            .expect("one socket"),
+    };
+    // Usable again once the budget refills, as the last refusal said.
+    tokio::time::sleep_until(retry_at).await;
+    client.assert_alive().await;
     app.stop().await;
 }
 
@@ -191,11 +262,15 @@ impl Sink<Message> for NeverReads {
     }
 }
 
+/// A client that stops reading fills its queue; the session then stops reading it too, and
+/// once its socket has accepted nothing for the write timeout it is disconnected. Another
+/// user meanwhile takes a whole test.
 async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |s| {
         s.limits.outbound_queue = 8;
         s.limits.rate_per_sec = 10_000;
         s.limits.rate_burst = 10_000;
+        s.limits.write_timeout = Duration::from_secs(3);
     })
     .await
     else {
@@ -210,11 +285,33 @@ async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
         roles: vec![Role::Taker],
     };
     let slot = app.state.registry.try_reserve().unwrap();
-    let session = assessd::ws::session::run(socket, app.state.clone(), identity, slot);
-    tokio::time::timeout(WAIT, session)
+    let stuck = tokio::spawn(assessd::ws::session::run(
+        socket,
+        app.state.clone(),
+        identity,
+        slot,
+    ));
+
+    let mut other = app.connect("other").await;
+    let (started, mut question) = other.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    loop {
+        let q = question["question_id"].as_str().unwrap().to_string();
+        let (_, _, next) = other.answer(&id, &q, crate::helpers::demo_answer(&q)).await;
+        if next["type"] == "ASSESSMENT_COMPLETED" {
+            break;
+        }
+        question = next;
+    }
+    assert!(
+        !stuck.is_finished(),
+        "the other user finished before the stuck client's write timeout"
+    );
+    tokio::time::timeout(WAIT, stuck)
         .await
-        .expect("the session ends once its outbound queue is full");
-    assert_eq!(app.state.registry.live(), 0);
+        .expect("the session ends once its socket accepted nothing for the write timeout")
+        .expect("session task");
+    assert_eq!(app.state.registry.live(), 1, "only the other user is left");
     app.stop().await;
 }
 
@@ -225,6 +322,7 @@ crate::on_both_backends!(
     shutdown_closes_sockets_with_1001,
     metrics_count_messages_errors_and_commands,
     a_client_that_stops_reading_is_disconnected,
+    a_flood_from_a_reading_client_keeps_its_connection,
 );
 
 /// The server pings an idle client, and a client that answers pings stays connected

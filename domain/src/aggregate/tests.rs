@@ -515,3 +515,126 @@ fn applying_counts_sequences_and_tracks_the_current_question() {
     assert_eq!(attempt.current_question.as_ref().unwrap().1, 2);
     assert_eq!(state.attempts_used("rust"), 1);
 }
+
+/// What `command` means on the state `given` leads to, as `decide` reports it.
+fn outcome_of(given: &[UserEvent], command: UserCommand) -> Outcome {
+    let mut state = UserStream::default();
+    for event in given {
+        state.apply(event.clone());
+    }
+    state.decide(command).expect("command accepted").outcome
+}
+
+fn answered(id: &str, q: &str) -> Outcome {
+    Outcome::Answered {
+        assessment_id: id.into(),
+        question_id: q.into(),
+    }
+}
+
+#[test]
+fn the_decision_says_what_happened() {
+    assert_eq!(
+        outcome_of(&[], start(&rust_test(), "a1", t0())),
+        Outcome::Started {
+            assessment_id: "a1".into()
+        }
+    );
+    // The test in progress is resumed under its own id, not the fresh one offered.
+    assert_eq!(
+        outcome_of(&started("a1"), start(&rust_test(), "a2", at(5))),
+        Outcome::Resumed {
+            assessment_id: "a1".into()
+        }
+    );
+    assert_eq!(
+        outcome_of(&started("a1"), submit("a1", "q1", text("a"), at(5))),
+        answered("a1", "q1")
+    );
+    let mut given = started("a1");
+    given.extend(events_of(&given, submit("a1", "q1", text("b"), at(5))));
+    assert_eq!(
+        outcome_of(&given, submit("a1", "q1", text("b"), at(6))),
+        Outcome::AlreadyAnswered {
+            assessment_id: "a1".into(),
+            question_id: "q1".into()
+        }
+    );
+    assert_eq!(
+        outcome_of(&started("a1"), submit("a1", "q1", text("b"), at(600))),
+        Outcome::TooLate {
+            assessment_id: "a1".into()
+        }
+    );
+    assert_eq!(
+        outcome_of(
+            &started("a1"),
+            UserCommand::EndByAdmin {
+                assessment_id: "a1".into(),
+                now: at(5)
+            }
+        ),
+        Outcome::Ended {
+            assessment_id: "a1".into()
+        }
+    );
+    assert_eq!(
+        outcome_of(&started("a1"), UserCommand::ExpireOverdue { now: at(5) }),
+        Outcome::Checked
+    );
+}
+
+#[test]
+fn a_retry_of_a_recorded_answer_is_already_answered_even_when_the_deadline_passed() {
+    let mut given = started("a1");
+    given.extend(events_of(&given, submit("a1", "q1", text("b"), at(5))));
+    let mut state = UserStream::default();
+    for event in &given {
+        state.apply(event.clone());
+    }
+    let decision = state
+        .decide(submit("a1", "q1", text("b"), at(601)))
+        .unwrap();
+    assert_eq!(
+        decision.outcome,
+        Outcome::AlreadyAnswered {
+            assessment_id: "a1".into(),
+            question_id: "q1".into()
+        }
+    );
+    // The expiry the clock brought is recorded all the same.
+    assert!(matches!(
+        decision.events.as_slice(),
+        [UserEvent::AssessmentCompleted {
+            reason: CompletionReason::TimeExpired,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn ending_an_overdue_attempt_records_the_expiry_and_says_it_was_too_late() {
+    let mut state = UserStream::default();
+    for event in started("a1") {
+        state.apply(event);
+    }
+    let decision = state
+        .decide(UserCommand::EndByAdmin {
+            assessment_id: "a1".into(),
+            now: at(700),
+        })
+        .unwrap();
+    assert_eq!(
+        decision.outcome,
+        Outcome::TooLate {
+            assessment_id: "a1".into()
+        }
+    );
+    assert!(matches!(
+        decision.events.as_slice(),
+        [UserEvent::AssessmentCompleted {
+            reason: CompletionReason::TimeExpired,
+            ..
+        }]
+    ));
+}

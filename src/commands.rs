@@ -1,0 +1,104 @@
+//! The one command path. Every caller that changes a user's stream (their own socket, an
+//! admin endpoint, and later regrade jobs and timers) goes through [`execute`]: take the
+//! user's command lock, load the stream, let the domain decide, append under optimistic
+//! concurrency (a lost race is decided again), and tell the user's live session when
+//! someone else changed its stream. The domain's [`domain::Outcome`] says what happened, so
+//! no caller works it out again from the events.
+//!
+//! **Invariant:** a session that has been replaced by a newer connection of its user
+//! records nothing more. The check runs under the user's command lock, and the newer
+//! session reads the stream under the same lock, so it sees every command the old one
+//! recorded.
+
+use domain::{DomainError, UserCommand};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::state::Shared;
+use crate::store::streams::{AppendError, Committed, EventMetadata};
+use crate::store::StoreError;
+
+/// Who asks for a command: recorded in the events' metadata.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The user's own live session, answering the client message `request_id`.
+    Session {
+        session_id: Uuid,
+        request_id: Option<String>,
+    },
+    /// An admin acting on the user's stream.
+    Admin { admin_id: String },
+}
+
+#[derive(Debug, Error)]
+pub enum CommandError {
+    /// The domain refused the command; nothing was recorded.
+    #[error(transparent)]
+    Rule(#[from] DomainError),
+    /// Other writers kept appending to the stream; the caller may try again.
+    #[error("the stream kept changing while the command was decided")]
+    Conflict,
+    /// The asking session was replaced by a newer connection; nothing was recorded.
+    #[error("this connection was replaced by a newer one")]
+    Replaced,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<AppendError> for CommandError {
+    fn from(err: AppendError) -> Self {
+        match err {
+            AppendError::Rule(e) => CommandError::Rule(e),
+            AppendError::Conflict => CommandError::Conflict,
+            AppendError::Store(e) => CommandError::Store(e),
+        }
+    }
+}
+
+/// Runs `command` on `user_id`'s stream for `origin`.
+///
+/// # Errors
+/// [`CommandError`]; in every case nothing was recorded.
+pub async fn execute(
+    state: &Shared,
+    user_id: &str,
+    command: UserCommand,
+    origin: &Origin,
+) -> Result<Committed, CommandError> {
+    let metadata = metadata(state, user_id, origin);
+    let lock = state.registry.user_lock(user_id);
+    let committed = {
+        let _turn = lock.lock().await;
+        if let Origin::Session { session_id, .. } = origin {
+            if !state.registry.is_live(user_id, *session_id) {
+                return Err(CommandError::Replaced);
+            }
+        }
+        state.streams.execute(user_id, command, &metadata).await?
+    };
+    // The user's own session reports its outcome itself; anyone else's change is pushed.
+    if !committed.events.is_empty() && !matches!(origin, Origin::Session { .. }) {
+        state.registry.notify(user_id);
+    }
+    Ok(committed)
+}
+
+fn metadata(state: &Shared, user_id: &str, origin: &Origin) -> EventMetadata {
+    match origin {
+        Origin::Session {
+            session_id,
+            request_id,
+        } => EventMetadata {
+            connection_id: Some(session_id.to_string()),
+            request_id: request_id.clone(),
+            node_id: state.node_id.clone(),
+            actor: format!("user:{user_id}"),
+        },
+        Origin::Admin { admin_id } => EventMetadata {
+            connection_id: None,
+            request_id: None,
+            node_id: state.node_id.clone(),
+            actor: format!("admin:{admin_id}"),
+        },
+    }
+}

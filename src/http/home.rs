@@ -1,0 +1,86 @@
+//! `GET /` (what is running here), liveness, readiness and Prometheus metrics. None of
+//! them needs a token.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// A small page saying what runs here and where to go next, until the test-taker's page
+/// exists.
+async fn index(State(state): State<AppState>) -> Html<String> {
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>assessd</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}code{{background:#f2f2f2;padding:0 .2rem}}</style>
+</head>
+<body>
+<h1>assessd {version} is running</h1>
+<p>An event-sourced assessment server, node <code>{node}</code>, storing events in {backend}.</p>
+<ul>
+<li>Test-takers connect a WebSocket to <code>/ws</code> with a token (<code>?access_token=</code> or an <code>Authorization: Bearer</code> header).</li>
+<li>The wire protocol is described in <code>docs/protocol.md</code> in the assessd repository.</li>
+<li>The HTTP API is described by <a href="/api/openapi.json">/api/openapi.json</a> (OpenAPI).</li>
+<li>Health: <a href="/healthz">/healthz</a>, readiness: <a href="/readyz">/readyz</a>, metrics: <a href="/metrics">/metrics</a>.</li>
+</ul>
+<p>The test-taker's web page is not part of this version yet.</p>
+</body>
+</html>
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        node = html_escape(&state.node_id),
+        backend = state.db.backend(),
+    ))
+}
+
+/// Escapes text for HTML: the node id comes from configuration.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.db.is_ready().await {
+        Ok(true) => {
+            Json(json!({"status": "ready", "database": state.db.backend()})).into_response()
+        }
+        Ok(false) => {
+            ApiError::new(ErrorCode::Unavailable, "migrations are not applied").into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new(ErrorCode::Unavailable, "database unreachable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,69 @@
+//! The HTTP API (PROTOCOL section 3), one module per feature, each with its own routes:
+//!
+//! - [`home`]: `GET /`, health, readiness and metrics.
+//! - [`socket`]: the WebSocket upgrade at `/ws`.
+//! - [`catalog`]: the tests a taker may take, and test definitions for admins.
+//! - [`admin`]: admin commands on a user's stream.
+//! - [`audit`]: the event history for auditors.
+//!
+//! Handlers check the caller's role, call the store or the command path, and shape JSON;
+//! every error goes through [`ApiError`].
+
+pub mod admin;
+pub mod audit;
+pub mod catalog;
+pub mod home;
+pub mod socket;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::auth::{bearer_token, Identity, Role};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// Every route of the HTTP API, and a JSON 404 for the rest.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(home::routes())
+        .merge(socket::routes())
+        .merge(catalog::routes())
+        .merge(admin::routes())
+        .merge(audit::routes())
+        .fallback(not_found)
+}
+
+/// The caller of an HTTP endpoint, proven by the `Authorization` header.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts, false)?;
+        Ok(Caller(state.keys.verify(&token)?))
+    }
+}
+
+/// Refuses a caller without one of `roles` (403).
+pub fn require(identity: &Identity, roles: &[Role]) -> Result<(), ApiError> {
+    if identity.has_any(roles) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "your role may not use this endpoint",
+        ))
+    }
+}
+
+/// The list envelope of every list response.
+pub fn list(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
+    Json(json!({ "items": items, "next_cursor": next_cursor }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

@@ -1,0 +1,52 @@
+//! [`AppState`]: everything a request or a session needs, shared by all of them. It sits
+//! below the router, the HTTP handlers and the WebSocket sessions, which all depend on it
+//! and never on each other.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::JwtKeys;
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::rate_limit::UserRateLimit;
+use crate::store::catalog::Catalog;
+use crate::store::streams::Streams;
+use crate::store::Database;
+use crate::tutor::Tutor;
+use crate::ws::registry::Registry;
+
+/// A cheap handle on the [`Shared`] state.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Shared>);
+
+pub struct Shared {
+    pub db: Database,
+    pub streams: Streams,
+    pub catalog: Catalog,
+    pub keys: JwtKeys,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub node_id: String,
+    pub tutor: Arc<dyn Tutor>,
+    pub rate: UserRateLimit,
+    /// Cancelled when the server shuts down; sessions then close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every live session, so shutdown can wait for them to finish.
+    pub sessions: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

@@ -1,0 +1,276 @@
+//! What each client message does: build the command (the time, the test version, a random
+//! question order and the tutor's reply are decided here, outside the domain), run it
+//! through the one command path, and turn the outcome into replies. No socket in sight:
+//! the session queues whatever is returned.
+
+use chrono::{DateTime, Utc};
+use domain::{Attempt, DomainError, UserCommand, UserStream};
+use rand::seq::SliceRandom;
+use uuid::Uuid;
+
+use super::protocol::{self, ClientMessage, ServerMessage};
+use super::replies::{self, Reply};
+use crate::commands::{self, CommandError, Origin};
+use crate::error::{ClientError, ErrorCode};
+use crate::state::AppState;
+use crate::store::streams::Committed;
+
+/// One session's side of its user's stream.
+pub struct Handler {
+    state: AppState,
+    user_id: String,
+    session_id: Uuid,
+    /// The user's state after the latest command; a cache, never the source of truth.
+    view: UserStream,
+}
+
+impl Handler {
+    pub fn new(state: AppState, user_id: String, session_id: Uuid) -> Self {
+        Self {
+            state,
+            user_id,
+            session_id,
+            view: UserStream::default(),
+        }
+    }
+
+    /// CONNECTED, any expiry that happened while the user was away, then the attempt in
+    /// progress (ASSESSMENT_RESUMED and its QUESTION).
+    pub async fn greet(&mut self) -> Result<Vec<Reply>, ClientError> {
+        let committed = self
+            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, None)
+            .await?;
+        let mut out = vec![Reply::new(
+            ServerMessage::Connected {
+                connection_id: self.session_id.to_string(),
+                user_id: self.user_id.clone(),
+                server_time: protocol::rfc3339(Utc::now()),
+            },
+            None,
+        )];
+        out.extend(replies::for_events(&committed));
+        if let Some(attempt) = committed.state.in_progress() {
+            out.extend(replies::resumed(attempt));
+        }
+        Ok(out)
+    }
+
+    /// The replies to one client message.
+    pub async fn handle(
+        &mut self,
+        message: ClientMessage,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        match message {
+            ClientMessage::Heartbeat => Ok(vec![Reply::new(
+                ServerMessage::Pong {
+                    timestamp: protocol::rfc3339(Utc::now()),
+                },
+                None,
+            )]),
+            ClientMessage::StartAssessment { test_id } => self.start(&test_id, request_id).await,
+            ClientMessage::SubmitAnswer {
+                assessment_id,
+                question_id,
+                answer,
+            } => {
+                self.submit(assessment_id, question_id, answer, request_id)
+                    .await
+            }
+            ClientMessage::GetQuestion { assessment_id } => {
+                self.get_question(&assessment_id, request_id).await
+            }
+            ClientMessage::ChatMessage {
+                text,
+                assessment_id,
+            } => self.chat(text, assessment_id, request_id).await,
+        }
+    }
+
+    /// When the deadline of the attempt in progress falls, if it has one.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.view.in_progress()?.deadline
+    }
+
+    /// The deadline passed: record and report the completion.
+    pub async fn expire(&mut self) -> Result<Vec<Reply>, ClientError> {
+        let committed = self
+            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, None)
+            .await?;
+        Ok(replies::for_events(&committed))
+    }
+
+    /// Someone else changed the stream (an admin ended an attempt): report what is new.
+    pub async fn refresh(&mut self) -> Result<Vec<Reply>, ClientError> {
+        let before = self.view.clone();
+        let committed = self
+            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, None)
+            .await?;
+        let mut out = replies::for_events(&committed);
+        out.extend(replies::newly_completed(&before, &committed.state));
+        Ok(replies::once_per_event(out))
+    }
+
+    async fn start(
+        &mut self,
+        test_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        let test =
+            self.state.catalog.latest(test_id).await?.ok_or_else(|| {
+                ClientError::new(ErrorCode::NotFound, format!("no test {test_id:?}"))
+            })?;
+        let mut order: Vec<String> = test.questions.iter().map(|q| q.id.clone()).collect();
+        if test.shuffle {
+            order.shuffle(&mut rand::rng());
+        }
+        let command = UserCommand::StartAssessment {
+            test,
+            assessment_id: Uuid::now_v7().to_string(),
+            question_order: order,
+            now: Utc::now(),
+        };
+        let committed = self.execute(command, request_id).await?;
+        Ok(replies::for_outcome(&committed))
+    }
+
+    async fn submit(
+        &mut self,
+        assessment_id: String,
+        question_id: String,
+        answer: domain::Answer,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        // The attempt's test version never changes, so the cached view can name it.
+        if self.view.attempt(&assessment_id).is_none() {
+            self.view = self.state.streams.load(&self.user_id).await?;
+        }
+        let attempt = self.find_attempt(&assessment_id)?;
+        let (test_id, version) = (attempt.test_id.clone(), attempt.test_version);
+        let test = self
+            .state
+            .catalog
+            .version(&test_id, version)
+            .await?
+            .ok_or_else(|| {
+                ClientError::internal(&format!(
+                    "test {test_id} v{version} is missing from the catalog"
+                ))
+            })?;
+        let command = UserCommand::SubmitAnswer {
+            assessment_id: assessment_id.clone(),
+            question_id,
+            answer,
+            test,
+            now: Utc::now(),
+        };
+        match self.execute(command, request_id).await {
+            Ok(committed) => Ok(replies::for_outcome(&committed)),
+            // Expired earlier: say so, and how the attempt ended.
+            Err(e) if e.code == ErrorCode::TimeExpired => {
+                let mut out = vec![Reply::error(&e)];
+                if let Some(attempt) = self.view.attempt(&assessment_id) {
+                    out.extend(replies::where_it_stands(attempt));
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_question(
+        &mut self,
+        assessment_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        let committed = self
+            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, request_id)
+            .await?;
+        let attempt = self.find_attempt(assessment_id)?;
+        let mut out = replies::for_events(&committed);
+        out.extend(replies::where_it_stands(attempt));
+        Ok(replies::once_per_event(out))
+    }
+
+    async fn chat(
+        &mut self,
+        text: String,
+        assessment_id: Option<String>,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        // The attempt the user is looking at, named or not, so the record says what the
+        // tutor was asked about.
+        let assessment_id = match assessment_id {
+            Some(id) => Some(self.find_attempt(&id)?.assessment_id.clone()),
+            None => self.view.in_progress().map(|a| a.assessment_id.clone()),
+        };
+        let question = assessment_id
+            .as_deref()
+            .and_then(|id| self.view.attempt(id))
+            .and_then(|a| a.current_question.clone());
+        // Refuse bad input before asking the tutor (which may be a paid AI call).
+        if text.trim().is_empty() || text.chars().count() > domain::aggregate::MAX_CHAT_CHARS {
+            return Err(DomainError::InvalidChat(format!(
+                "text must be 1 to {} characters",
+                domain::aggregate::MAX_CHAT_CHARS
+            ))
+            .into());
+        }
+        let tutor = self.state.tutor.clone();
+        let reply = tutor
+            .reply(question.as_ref().map(|(q, _)| q), &text)
+            .await
+            .map_err(|e| ClientError::new(ErrorCode::AiUnavailable, e.to_string()))?;
+        let command = UserCommand::Chat {
+            assessment_id,
+            text,
+            reply,
+            tutor: tutor.name().to_string(),
+            now: Utc::now(),
+        };
+        let committed = self.execute(command, request_id).await?;
+        Ok(replies::for_outcome(&committed))
+    }
+
+    /// Runs a command through the one command path and keeps the state it leads to.
+    async fn execute(
+        &mut self,
+        command: UserCommand,
+        request_id: Option<&str>,
+    ) -> Result<Committed, ClientError> {
+        let origin = Origin::Session {
+            session_id: self.session_id,
+            request_id: request_id.map(str::to_string),
+        };
+        match commands::execute(&self.state, &self.user_id, command, &origin).await {
+            Ok(committed) => {
+                self.view = committed.state.clone();
+                Ok(committed)
+            }
+            Err(CommandError::Rule(e)) => {
+                // The refusal may be due to a stale view (e.g. an expiry); refresh it.
+                if let Ok(state) = self.state.streams.load(&self.user_id).await {
+                    self.view = state;
+                }
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn find_attempt(&self, assessment_id: &str) -> Result<&Attempt, ClientError> {
+        self.view.attempt(assessment_id).ok_or_else(|| {
+            if self.view.in_progress().is_none() {
+                ClientError::new(
+                    ErrorCode::NoActiveAssessment,
+                    "you have no assessment in progress",
+                )
+            } else {
+                ClientError::new(
+                    ErrorCode::NotFound,
+                    format!("no assessment {assessment_id:?}"),
+                )
+            }
+        })
+    }
+}
