@@ -142,6 +142,27 @@ async fn each_bad_message_gets_its_error_and_the_socket_stays_open(backend: Back
     app.stop().await;
 }
 
+/// An empty selection would be graded wrong for good, so it is refused, not recorded.
+async fn an_empty_multiple_choice_answer_is_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut mo = app.connect("mo").await;
+    let (started, _) = mo.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    let (_, _, next) = mo.answer(&id, "q1", json!("b")).await;
+    assert_eq!(next["kind"], "multiple_choice");
+    mo.send(
+        json!({"type": "SUBMIT_ANSWER", "assessment_id": id, "question_id": "q2", "answer": []}),
+    )
+    .await;
+    let error = mo.recv_type("ERROR").await;
+    assert_eq!(error["code"], "bad_request", "{error}");
+    let (feedback, _, _) = mo.answer(&id, "q2", json!(["a", "c"])).await;
+    assert_eq!(feedback["correct"], true, "the question is still open");
+    app.stop().await;
+}
+
 fn text(value: Value) -> Message {
     Message::Text(value.to_string().into())
 }
@@ -269,6 +290,7 @@ fn expired_token() -> String {
 }
 
 crate::on_both_backends!(
+    an_empty_multiple_choice_answer_is_refused,
     each_bad_message_gets_its_error_and_the_socket_stays_open,
     no_active_assessment_without_an_attempt,
     another_users_assessment_is_invisible,

@@ -19,6 +19,18 @@ async fn health_and_readiness(backend: Backend) {
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+    // The address the README's first command serves says what runs there.
+    let home = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    assert!(home.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = home.text().await.unwrap();
+    assert!(
+        page.contains("assessd") && page.contains("/ws") && page.contains("docs/protocol.md"),
+        "{page}"
+    );
     app.stop().await;
 }
 
@@ -30,7 +42,10 @@ async fn roles_are_enforced(backend: Backend) {
     let auditor = app.token("a", Role::Auditor);
     for (path, token, status) in [
         ("/api/audit/events", &taker, 403),
+        // The role is checked before the parameters: a taker learns nothing more.
+        ("/api/audit/events?limit=zero&colour=red", &taker, 403),
         ("/api/audit/users/t/events", &taker, 403),
+        ("/api/audit/users/t/verify", &taker, 403),
         ("/api/admin/tests", &taker, 403),
         ("/api/admin/tests", &auditor, 403),
         ("/api/tests", &auditor, 403),

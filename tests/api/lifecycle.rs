@@ -65,9 +65,14 @@ async fn a_second_connection_evicts_the_first(backend: Backend) {
     };
     let mut old = app.connect("dave").await;
     let (started, _) = old.start("demo").await;
+    old.assert_alive().await; // the old session last answered a message with a request_id
     let mut new = app.connect("dave").await;
     let replaced = old.recv_type("SESSION_REPLACED").await;
     assert!(replaced["message"].is_string());
+    assert!(
+        replaced.get("request_id").is_none(),
+        "the eviction answers no message of the old client: {replaced}"
+    );
     assert_eq!(old.recv_close().await, Some(4001));
 
     // The new connection resumes and keeps working.
@@ -250,7 +255,115 @@ async fn an_admin_ends_an_attempt_and_the_socket_sees_it(backend: Backend) {
     app.stop().await;
 }
 
+/// An admin ending an attempt whose time ran out while nobody looked: 409, and the expiry
+/// is recorded (not lost with the refusal).
+async fn ending_an_overdue_attempt_records_its_expiry(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.put_test("quick", small_test(1, Some(1))).await;
+    let mut lee = app.connect("lee").await;
+    let (started, _) = lee.start("quick").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    drop(lee);
+    // Wait until the deadline has certainly passed (a condition on the clock, not a race).
+    let deadline = std::time::Instant::now() + Duration::from_millis(1200);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = app
+        .http
+        .post(app.url(&format!("/api/admin/users/lee/assessments/{id}/end")))
+        .bearer_auth(app.token("root", assessd::auth::Role::Admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "assessment_completed");
+    let stream = app.stream_of("lee").await;
+    let last = stream.last().expect("events");
+    assert_eq!(last["event_type"], "AssessmentCompleted");
+    assert_eq!(last["payload"]["reason"], "time_expired");
+    assert!(last["metadata"]["actor"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("admin:")));
+    app.stop().await;
+}
+
+/// A user with a long history (8 attempts, reconnecting after every answer) always
+/// resumes exactly where the events say, and a finished attempt never comes back. The
+/// stream crosses the snapshot boundary many times, in the middle of multi-event commits.
+async fn a_long_history_resumes_exactly_where_the_events_say(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut test = small_test(8, None);
+    test["questions"].as_array_mut().unwrap().push(json!(
+        {"id": "s3", "kind": "single_choice", "prompt": "3 + 3?",
+         "choices": [{"id": "a", "text": "6"}, {"id": "b", "text": "7"}], "answer": "a", "points": 2}
+    ));
+    app.put_test("long", test).await;
+    let right = |q: &str| match q {
+        "s1" | "s3" => json!("a"),
+        _ => json!("red"),
+    };
+    let points = |q: &str| if q == "s3" { 2.0 } else { 1.0 };
+    for attempt in 1..=8u64 {
+        let mut client = app.connect("lena").await;
+        let (started, mut question) = client.start("long").await;
+        assert_eq!(started["attempt"], attempt);
+        let id = started["assessment_id"].as_str().unwrap().to_string();
+        let (mut answered, mut score) = (0u64, 0.0);
+        loop {
+            let q = question["question_id"].as_str().unwrap().to_string();
+            // Every other attempt answers the middle question wrong.
+            let answer = if attempt % 2 == 0 && q == "s2" {
+                json!("blue")
+            } else {
+                right(&q)
+            };
+            let (feedback, progress, next) = client.answer(&id, &q, answer).await;
+            answered += 1;
+            score += feedback["score"].as_f64().unwrap();
+            assert_eq!(progress["answered"], answered);
+            drop(client);
+            client = app.connect("lena").await;
+            if next["type"] == "ASSESSMENT_COMPLETED" {
+                let expected = if attempt % 2 == 0 { 3.0 } else { 4.0 };
+                assert_eq!(next["score"].as_f64(), Some(expected), "attempt {attempt}");
+                // Finished: the reconnect resumes nothing (PONG is the next message).
+                client.assert_alive().await;
+                break;
+            }
+            let resumed = client.recv_type("ASSESSMENT_RESUMED").await;
+            assert_eq!(resumed["assessment_id"], id.as_str(), "attempt {attempt}");
+            assert_eq!(resumed["answered"], answered, "attempt {attempt}");
+            assert_eq!(resumed["score"].as_f64(), Some(score), "attempt {attempt}");
+            question = client.recv_type("QUESTION").await;
+            assert_eq!(question["question_id"], next["question_id"]);
+            assert_eq!(
+                points(question["question_id"].as_str().unwrap()),
+                question["points"].as_f64().unwrap()
+            );
+        }
+    }
+    // All eight are used: a ninth is refused, and the history is intact.
+    let mut client = app.connect("lena").await;
+    client
+        .send(json!({"type": "START_ASSESSMENT", "test_id": "long"}))
+        .await;
+    assert_eq!(
+        client.recv_type("ERROR").await["code"],
+        "assessment_completed"
+    );
+    assert_eq!(app.stream_of("lena").await.len(), 8 * (2 + 3 * 3));
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    a_long_history_resumes_exactly_where_the_events_say,
+    ending_an_overdue_attempt_records_its_expiry,
     a_reconnect_resumes_where_the_user_stood,
     a_second_connection_evicts_the_first,
     a_completed_attempt_cannot_be_restarted,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use assessd::commands::{self, CommandError, Origin};
 use assessd::store::streams::{is_conflict, EventMetadata, Streams};
 use assessd::store::Database;
 use chrono::Utc;
@@ -161,7 +162,34 @@ async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
     app.stop().await;
 }
 
+/// The one command path refuses a session that a newer connection replaced, under the
+/// user's command lock: it records nothing, while the live session records as usual.
+async fn a_replaced_session_records_nothing(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let (old, new) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let _old = app.state.registry.register("rita", old);
+    let _new = app.state.registry.register("rita", new);
+    let as_session = |session_id| Origin::Session {
+        session_id,
+        request_id: None,
+    };
+    let refused = commands::execute(&app.state, "rita", chat("from old"), &as_session(old)).await;
+    assert!(
+        matches!(refused, Err(CommandError::Replaced)),
+        "{refused:?}"
+    );
+    assert_eq!(app.state.streams.load("rita").await.unwrap().sequence, 0);
+    let recorded = commands::execute(&app.state, "rita", chat("from new"), &as_session(new))
+        .await
+        .expect("the live session records");
+    assert_eq!(recorded.events.len(), 1);
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    a_replaced_session_records_nothing,
     a_stale_writer_gets_a_conflict,
     concurrent_writers_are_retried_not_lost,
     a_long_stream_loads_from_its_snapshot,
