@@ -10,6 +10,9 @@ pub const MAX_TEST_ID_LEN: usize = 64;
 /// Upper bound on questions per test, so one definition cannot exhaust memory.
 pub const MAX_QUESTIONS: usize = 500;
 const MAX_TEXT_LEN: usize = 10_000;
+/// Upper bounds on a free-text rubric: each keyword is searched in every answer.
+pub const MAX_KEYWORDS: usize = 50;
+pub const MAX_KEYWORD_LEN: usize = 200;
 
 /// A test as an admin defines it. `id` and `version` are assigned by the server (the path
 /// and the store), not trusted from the body.
@@ -232,9 +235,29 @@ impl QuestionDefinition {
                         "free_text questions need at least one keyword",
                     ));
                 }
+                if self.keywords.len() > MAX_KEYWORDS {
+                    return Err(invalid(
+                        format!("{at}.keywords"),
+                        format!("at most {MAX_KEYWORDS} keywords"),
+                    ));
+                }
+                let mut seen = HashSet::new();
                 for (k, keyword) in self.keywords.iter().enumerate() {
                     if keyword.trim().is_empty() {
                         return Err(invalid(format!("{at}.keywords[{k}]"), "must not be empty"));
+                    }
+                    if keyword.chars().count() > MAX_KEYWORD_LEN {
+                        return Err(invalid(
+                            format!("{at}.keywords[{k}]"),
+                            format!("at most {MAX_KEYWORD_LEN} characters"),
+                        ));
+                    }
+                    // Matching ignores case, so "Borrow" and "borrow" would count twice.
+                    if !seen.insert(keyword.trim().to_lowercase()) {
+                        return Err(invalid(
+                            format!("{at}.keywords[{k}]"),
+                            format!("duplicate keyword {keyword:?} (matching ignores case)"),
+                        ));
                     }
                 }
             }
@@ -387,6 +410,20 @@ mod tests {
         );
         assert_eq!(
             field_of(|t| t.questions[2].keywords.clear()),
+            "questions[2].keywords"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[2].keywords.push(" Borrow ".into())),
+            "questions[2].keywords[3]"
+        );
+        assert_eq!(
+            field_of(|t| t.questions[2].keywords[1] = "x".repeat(MAX_KEYWORD_LEN + 1)),
+            "questions[2].keywords[1]"
+        );
+        assert_eq!(
+            field_of(
+                |t| t.questions[2].keywords = (0..=MAX_KEYWORDS).map(|i| format!("k{i}")).collect()
+            ),
             "questions[2].keywords"
         );
         assert_eq!(
