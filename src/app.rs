@@ -16,12 +16,12 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rate_limit::UserRateLimit;
+use crate::registry::Registry;
 use crate::state::{AppState, Shared};
 use crate::store::catalog::Catalog;
 use crate::store::streams::Streams;
 use crate::store::Database;
 use crate::tutor::OfflineTutor;
-use crate::ws::registry::Registry;
 use crate::{definitions, http};
 
 /// A built server: listening, migrated, ready to run.

@@ -10,11 +10,13 @@
 //! - [`commands`]: the one command path every change to a user's stream goes through.
 //! - [`config`]: the command line and environment, and the typed [`Settings`].
 //! - [`auth`]: JWT verification and minting, roles, secrets that never print.
-//! - [`ws`]: the WebSocket protocol: wire messages, the registry of live sessions (one per
-//!   user), and the session that turns frames into commands and events into replies.
+//! - [`ws`]: the WebSocket protocol: wire messages, the session that turns frames into
+//!   commands, and the replies it sends.
 //! - [`http`]: the HTTP API, one module per feature (home and health, the socket upgrade,
 //!   tests, admin, audit).
 //! - [`rate_limit`]: each user's message budget.
+//! - [`registry`]: the live sessions of this node, one per user, their command locks, and
+//!   the connection cap.
 //! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
 //!   queries.
 //! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
@@ -35,6 +37,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod rate_limit;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod tutor;

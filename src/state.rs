@@ -11,11 +11,11 @@ use crate::auth::JwtKeys;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::rate_limit::UserRateLimit;
+use crate::registry::Registry;
 use crate::store::catalog::Catalog;
 use crate::store::streams::Streams;
 use crate::store::Database;
 use crate::tutor::Tutor;
-use crate::ws::registry::Registry;
 
 /// A cheap handle on the [`Shared`] state.
 #[derive(Clone)]

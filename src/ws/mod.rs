@@ -1,13 +1,11 @@
 //! The WebSocket side (PROTOCOL section 2).
 //!
 //! - [`protocol`]: the wire messages, parsed strictly enough to name what is wrong.
-//! - [`registry`]: the live sessions of this node, one per user, and the connection cap.
 //! - [`session`]: one socket: the reader and writer tasks, flow control, timers.
 //! - [`handlers`]: what each client message does, through the one command path.
 //! - [`replies`]: the messages a client is told, built from outcomes and events.
 
 pub mod handlers;
 pub mod protocol;
-pub mod registry;
 pub mod replies;
 pub mod session;

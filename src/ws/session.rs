@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 use super::handlers::Handler;
 use super::protocol::{self, Outgoing, ServerMessage};
-use super::registry::Slot;
 use super::replies::Reply;
 use crate::auth::Identity;
 use crate::error::{ClientError, ErrorCode};
+use crate::registry::Slot;
 use crate::state::AppState;
 
 /// Close codes of PROTOCOL section 2.1.
