@@ -1,5 +1,7 @@
 //! Configuration: the command line and environment (clap), and the typed [`Settings`] an
-//! [`crate::Application`] is built from. Tests build `Settings` directly.
+//! [`crate::Application`] is built from. Tests build `Settings` directly. Every default is
+//! written once, in [`defaults`], and used by the flags, [`Limits::default`] and
+//! [`Settings::new`] alike.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,23 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{Role, Secret};
+
+/// The default of every option.
+pub mod defaults {
+    pub const BIND: &str = "127.0.0.1:8080";
+    pub const DATABASE_URL: &str = "sqlite://assessd.db";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+    pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const PING_INTERVAL_SECS: u64 = 20;
+    pub const WRITE_TIMEOUT_SECS: u64 = 10;
+    pub const RATE_PER_SEC: u32 = 20;
+    pub const RATE_BURST: u32 = 40;
+    pub const OUTBOUND_QUEUE: usize = 64;
+    pub const DB_POOL: u32 = 16;
+    pub const SNAPSHOT_EVERY: usize = 20;
+    pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "assessd", version, about = "Event-sourced assessment server")]
@@ -61,7 +80,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "ASSESSD_BIND",
-        default_value = "127.0.0.1:8080",
+        default_value = defaults::BIND,
         global = true
     )]
     pub bind: SocketAddr,
@@ -69,7 +88,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://assessd.db",
+        default_value = defaults::DATABASE_URL,
         global = true
     )]
     pub database_url: String,
@@ -102,18 +121,18 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "ASSESSD_MAX_CONNECTIONS",
-        default_value_t = 10_000,
+        default_value_t = defaults::MAX_CONNECTIONS,
         global = true
     )]
     pub max_connections: usize,
     /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
-    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES, global = true)]
     pub max_message_bytes: usize,
     /// Seconds without any message or pong before a connection is closed with 4008.
     #[arg(
         long,
         env = "ASSESSD_IDLE_TIMEOUT_SECS",
-        default_value_t = 60,
+        default_value_t = defaults::IDLE_TIMEOUT_SECS,
         global = true
     )]
     pub idle_timeout_secs: u64,
@@ -121,37 +140,45 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "ASSESSD_PING_INTERVAL_SECS",
-        default_value_t = 20,
+        default_value_t = defaults::PING_INTERVAL_SECS,
         global = true
     )]
     pub ping_interval_secs: u64,
+    /// Seconds a client's socket may accept no write before it is disconnected.
+    #[arg(
+        long,
+        env = "ASSESSD_WRITE_TIMEOUT_SECS",
+        default_value_t = defaults::WRITE_TIMEOUT_SECS,
+        global = true
+    )]
+    pub write_timeout_secs: u64,
     /// Messages per second each user may send.
     #[arg(
         long,
         env = "ASSESSD_RATE_PER_SEC",
-        default_value_t = 20,
+        default_value_t = defaults::RATE_PER_SEC,
         global = true
     )]
     pub rate_per_sec: u32,
     /// Burst of messages each user may send at once.
-    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = 40, global = true)]
+    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = defaults::RATE_BURST, global = true)]
     pub rate_burst: u32,
     /// Messages queued for one client; a client that lets it fill is disconnected.
     #[arg(
         long,
         env = "ASSESSD_OUTBOUND_QUEUE",
-        default_value_t = 64,
+        default_value_t = defaults::OUTBOUND_QUEUE,
         global = true
     )]
     pub outbound_queue: usize,
     /// Database connections in the pool.
-    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = 16, global = true)]
+    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = defaults::DB_POOL, global = true)]
     pub db_pool: u32,
     /// A snapshot of a user's state is written every this many events.
     #[arg(
         long,
         env = "ASSESSD_SNAPSHOT_EVERY",
-        default_value_t = 20,
+        default_value_t = defaults::SNAPSHOT_EVERY,
         global = true
     )]
     pub snapshot_every: usize,
@@ -159,7 +186,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "ASSESSD_SHUTDOWN_GRACE_SECS",
-        default_value_t = 10,
+        default_value_t = defaults::SHUTDOWN_GRACE_SECS,
         global = true
     )]
     pub shutdown_grace_secs: u64,
@@ -197,18 +224,21 @@ pub struct Limits {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub outbound_queue: usize,
+    /// How long a client's socket may accept no write before it is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
-            max_message_bytes: 64 * 1024,
-            idle_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
-            rate_per_sec: 20,
-            rate_burst: 40,
-            outbound_queue: 64,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            idle_timeout: Duration::from_secs(defaults::IDLE_TIMEOUT_SECS),
+            ping_interval: Duration::from_secs(defaults::PING_INTERVAL_SECS),
+            rate_per_sec: defaults::RATE_PER_SEC,
+            rate_burst: defaults::RATE_BURST,
+            outbound_queue: defaults::OUTBOUND_QUEUE,
+            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
         }
     }
 }
@@ -225,9 +255,9 @@ impl Settings {
             jwt_audience: None,
             node_id: default_node_id(),
             limits: Limits::default(),
-            db_pool: 16,
-            snapshot_every: 20,
-            shutdown_grace: Duration::from_secs(10),
+            db_pool: defaults::DB_POOL,
+            snapshot_every: defaults::SNAPSHOT_EVERY,
+            shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             load_demo: true,
         }
     }
@@ -254,6 +284,7 @@ impl ServeArgs {
             rate_per_sec: self.rate_per_sec.max(1),
             rate_burst: self.rate_burst.max(1),
             outbound_queue: self.outbound_queue.max(8),
+            write_timeout: Duration::from_secs(self.write_timeout_secs.max(1)),
         }
     }
 }
