@@ -193,9 +193,21 @@ impl JwtKeys {
     /// [`AuthError`] saying why the token is refused; never the token itself.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
+            .map_err(|e| match classify(e.kind()) {
+                Refusal::Expired => AuthError::Expired,
+                Refusal::BadSignature => {
+                    // The usual cause in development is a token minted by `assessd token`
+                    // with another secret than the server's; the client learns only
+                    // "invalid token", so say it where the operator looks.
+                    tracing::warn!(
+                        algorithm = ?self.algorithm,
+                        "token refused: its signature does not match (signed with a different secret? \
+                         `assessd token` and the server must use the same ASSESSD_JWT_SECRET, \
+                         or the same development secret file)"
+                    );
+                    AuthError::Invalid
+                }
+                Refusal::Other => AuthError::Invalid,
             })?;
         let claims = data.claims;
         let sub = claims.sub;
@@ -234,6 +246,24 @@ impl JwtKeys {
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
             .context("Failed to sign the token")
+    }
+}
+
+/// What the server does differently depending on why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Expired,
+    /// Well formed, but signed with another key.
+    BadSignature,
+    Other,
+}
+
+fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> Refusal {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::InvalidSignature => Refusal::BadSignature,
+        _ => Refusal::Other,
     }
 }
 
@@ -345,6 +375,64 @@ mod tests {
             .unwrap();
         let other = JwtKeys::hs256(&Secret::new("another-secret-another-secret"), None, None);
         assert_eq!(other.verify(&token), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn refusals_are_classified_by_kind() {
+        use jsonwebtoken::errors::ErrorKind;
+        assert_eq!(
+            classify(&ErrorKind::InvalidSignature),
+            Refusal::BadSignature
+        );
+        assert_eq!(classify(&ErrorKind::ExpiredSignature), Refusal::Expired);
+        for other in [
+            ErrorKind::InvalidToken,
+            ErrorKind::InvalidAlgorithm,
+            ErrorKind::InvalidIssuer,
+        ] {
+            assert_eq!(classify(&other), Refusal::Other, "{other:?}");
+        }
+    }
+
+    /// The log names the likely cause, never the token; the caller still gets `Invalid`.
+    #[test]
+    fn a_token_signed_with_another_secret_is_logged_as_such() {
+        let token = keys()
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        let other = JwtKeys::hs256(&Secret::new("another-secret-another-secret"), None, None);
+        let (result, log) = logged(|| other.verify(&token));
+        assert_eq!(result, Err(AuthError::Invalid));
+        assert!(log.contains("signed with a different secret?"), "{log}");
+        assert!(!log.contains(&token), "{log}");
+        let (result, log) = logged(|| keys().verify("not.a.token"));
+        assert_eq!(result, Err(AuthError::Invalid));
+        assert!(!log.contains("different secret"), "{log}");
+    }
+
+    /// Runs `f` with a subscriber that records every event, and returns what it logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (result, log)
     }
 
     #[test]
