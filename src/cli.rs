@@ -5,57 +5,65 @@ use std::future::Future;
 use anyhow::Context;
 
 use crate::auth::{resolve_secret, JwtKeys, Secret};
-use crate::config::{default_node_id, Cli, Command, ServeArgs, Settings, TestsCommand};
+use crate::config::{
+    default_node_id, Cli, Command, ImportArgs, KeyArgs, ServeArgs, Settings, TestsCommand,
+};
 use crate::store::catalog::Catalog;
 use crate::store::Database;
 use crate::Application;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let args = cli.serve;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(args, shutdown_signal()).await,
-        Command::Migrate => {
+    match cli.command {
+        None => serve(cli.serve, shutdown_signal()).await,
+        Some(Command::Serve(args)) => serve(args, shutdown_signal()).await,
+        Some(Command::Migrate(args)) => {
             let db = Database::connect(&args.database_url, 2).await?;
             db.migrate().await?;
             println!("migrations applied ({})", db.backend());
             Ok(())
         }
-        Command::Token(token) => {
-            if args.jwt_public_key.is_some() {
+        Some(Command::Token(token)) => {
+            if token.keys.jwt_public_key.is_some() {
                 anyhow::bail!("with ASSESSD_JWT_PUBLIC_KEY, tokens come from your identity provider; assessd cannot sign them");
             }
-            let (secret, _) = secret_of(&args)?;
-            let keys = JwtKeys::hs256(&secret, args.jwt_issuer.clone(), args.jwt_audience.clone());
+            let (secret, _) = secret_of(&token.keys)?;
+            let keys = JwtKeys::hs256(
+                &secret,
+                token.keys.jwt_issuer.clone(),
+                token.keys.jwt_audience.clone(),
+            );
             println!("{}", keys.mint(&token.sub, &token.role, token.ttl)?);
             Ok(())
         }
-        Command::Tests(TestsCommand::Import { file }) => {
-            let bytes = std::fs::read(&file)
-                .with_context(|| format!("Failed to read {}", file.display()))?;
-            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(String::from))
-                .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            let definition = crate::definitions::parse(&bytes, Some(&id)).map_err(|e| {
-                anyhow::anyhow!("{} is not a valid test definition: {e}", file.display())
-            })?;
-            let db = Database::connect(&args.database_url, 2).await?;
-            db.migrate().await?;
-            let stored = Catalog::new(db.clone()).put(definition).await?;
-            if stored.created {
-                println!("imported test {id:?} as version {}", stored.version);
-            } else {
-                println!("test {id:?} is unchanged (version {})", stored.version);
-            }
-            db.close().await;
-            Ok(())
-        }
+        Some(Command::Tests(TestsCommand::Import(args))) => import(args).await,
     }
 }
 
-fn secret_of(args: &ServeArgs) -> anyhow::Result<(Secret, bool)> {
-    resolve_secret(args.jwt_secret.clone().map(Secret::new), &args.data_dir)
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let file = &args.file;
+    let bytes =
+        std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
+    let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(String::from))
+        .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let definition = crate::definitions::parse(&bytes, Some(&id))
+        .map_err(|e| anyhow::anyhow!("{} is not a valid test definition: {e}", file.display()))?;
+    let db = Database::connect(&args.database.database_url, 2).await?;
+    db.migrate().await?;
+    let stored = Catalog::new(db.clone()).put(definition).await?;
+    if stored.created {
+        println!("imported test {id:?} as version {}", stored.version);
+    } else {
+        println!("test {id:?} is unchanged (version {})", stored.version);
+    }
+    db.close().await;
+    Ok(())
+}
+
+fn secret_of(keys: &KeyArgs) -> anyhow::Result<(Secret, bool)> {
+    resolve_secret(keys.jwt_secret.clone().map(Secret::new), &keys.data_dir)
 }
 
 /// Builds the server from `args` and runs it until `shutdown`.
@@ -63,8 +71,9 @@ pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (secret, development) = secret_of(&args)?;
+    let (secret, development) = secret_of(&args.keys)?;
     let public_key = args
+        .keys
         .jwt_public_key
         .as_ref()
         .map(|path| {
@@ -73,14 +82,14 @@ pub async fn serve(
         .transpose()?;
     if development && public_key.is_none() {
         tracing::warn!(
-            path = %args.data_dir.join(".assessd-dev-secret").display(),
+            path = %args.keys.data_dir.join(".assessd-dev-secret").display(),
             "ASSESSD_JWT_SECRET is not set: using the generated development secret kept in the data directory"
         );
     }
-    let mut settings = Settings::new(args.bind, args.database_url.clone(), secret);
+    let mut settings = Settings::new(args.bind, args.database.database_url.clone(), secret);
     settings.jwt_public_key = public_key;
-    settings.jwt_issuer = args.jwt_issuer.clone();
-    settings.jwt_audience = args.jwt_audience.clone();
+    settings.jwt_issuer = args.keys.jwt_issuer.clone();
+    settings.jwt_audience = args.keys.jwt_audience.clone();
     settings.node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     settings.limits = args.limits();
     settings.db_pool = args.db_pool;

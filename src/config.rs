@@ -29,21 +29,31 @@ pub mod defaults {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "assessd", version, about = "Event-sourced assessment server")]
+#[command(
+    name = "assessd",
+    version,
+    about = "Event-sourced assessment server",
+    // The server options are accepted before no subcommand at all (plain `assessd` serves),
+    // but do not leak into the help and the parsing of the other subcommands.
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Options of `serve`, which runs when no subcommand is given.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ASSESSD_LOG_JSON", global = true)]
+    pub log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the WebSocket protocol and the HTTP API (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate(DatabaseArgs),
     /// Mint a token signed with the configured key, for development and scripts.
     Token(TokenArgs),
     /// Manage test definitions.
@@ -54,10 +64,23 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TestsCommand {
     /// Validate a test definition (JSON) and store it as a new version.
-    Import {
-        /// The JSON file; its `id` field, or else its file name, is the test id.
-        file: PathBuf,
-    },
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The JSON file; its `id` field, or else its file name, is the test id.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// The database of `migrate` and `tests import`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (created on first run) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = defaults::DATABASE_URL)]
+    pub database_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -71,128 +94,78 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// How tokens are signed and verified; shared by `serve` and `token`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// HS256 signing secret. When unset, a development secret is generated and kept in the
+    /// data directory.
+    #[arg(long, env = "ASSESSD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A PEM file with an identity provider's RSA or Ed25519 public key: tokens are then
+    /// verified as RS256 or EdDSA (and no longer HS256).
+    #[arg(long, env = "ASSESSD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Where the development secret is kept.
+    #[arg(long, env = "ASSESSD_DATA_DIR", default_value = ".")]
+    pub data_dir: PathBuf,
 }
 
 /// Server options; every one has a flag and an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "ASSESSD_BIND",
-        default_value = defaults::BIND,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_BIND", default_value = defaults::BIND)]
     pub bind: SocketAddr,
-    /// `sqlite://PATH` (created on first run) or `postgres://...`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = defaults::DATABASE_URL,
-        global = true
-    )]
-    pub database_url: String,
-    /// HS256 signing secret. When unset, a development secret is generated and kept in the
-    /// data directory.
-    #[arg(
-        long,
-        env = "ASSESSD_JWT_SECRET",
-        hide_env_values = true,
-        global = true
-    )]
-    pub jwt_secret: Option<String>,
-    /// A PEM file with an identity provider's RSA or Ed25519 public key: tokens are then
-    /// verified as RS256 or EdDSA (and no longer HS256).
-    #[arg(long, env = "ASSESSD_JWT_PUBLIC_KEY", global = true)]
-    pub jwt_public_key: Option<PathBuf>,
-    /// Required `iss` claim, when set.
-    #[arg(long, env = "ASSESSD_JWT_ISSUER", global = true)]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "ASSESSD_JWT_AUDIENCE", global = true)]
-    pub jwt_audience: Option<String>,
-    /// Where the development secret is kept.
-    #[arg(long, env = "ASSESSD_DATA_DIR", default_value = ".", global = true)]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// This node's name, recorded in event metadata.
-    #[arg(long, env = "ASSESSD_NODE_ID", global = true)]
+    #[arg(long, env = "ASSESSD_NODE_ID")]
     pub node_id: Option<String>,
     /// Most WebSocket connections at once; more are refused with 503.
-    #[arg(
-        long,
-        env = "ASSESSD_MAX_CONNECTIONS",
-        default_value_t = defaults::MAX_CONNECTIONS,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
-    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES, global = true)]
+    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Seconds without any message or pong before a connection is closed with 4008.
-    #[arg(
-        long,
-        env = "ASSESSD_IDLE_TIMEOUT_SECS",
-        default_value_t = defaults::IDLE_TIMEOUT_SECS,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_IDLE_TIMEOUT_SECS", default_value_t = defaults::IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
     /// Seconds between server pings.
-    #[arg(
-        long,
-        env = "ASSESSD_PING_INTERVAL_SECS",
-        default_value_t = defaults::PING_INTERVAL_SECS,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_PING_INTERVAL_SECS", default_value_t = defaults::PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
     /// Seconds a client's socket may accept no write before it is disconnected.
-    #[arg(
-        long,
-        env = "ASSESSD_WRITE_TIMEOUT_SECS",
-        default_value_t = defaults::WRITE_TIMEOUT_SECS,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_WRITE_TIMEOUT_SECS", default_value_t = defaults::WRITE_TIMEOUT_SECS)]
     pub write_timeout_secs: u64,
     /// Messages per second each user may send.
-    #[arg(
-        long,
-        env = "ASSESSD_RATE_PER_SEC",
-        default_value_t = defaults::RATE_PER_SEC,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_RATE_PER_SEC", default_value_t = defaults::RATE_PER_SEC)]
     pub rate_per_sec: u32,
     /// Burst of messages each user may send at once.
-    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = defaults::RATE_BURST, global = true)]
+    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = defaults::RATE_BURST)]
     pub rate_burst: u32,
     /// Messages queued for one client; a client that lets it fill is disconnected.
-    #[arg(
-        long,
-        env = "ASSESSD_OUTBOUND_QUEUE",
-        default_value_t = defaults::OUTBOUND_QUEUE,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_OUTBOUND_QUEUE", default_value_t = defaults::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
     /// Database connections in the pool.
-    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = defaults::DB_POOL, global = true)]
+    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = defaults::DB_POOL)]
     pub db_pool: u32,
     /// A snapshot of a user's state is written every this many events.
-    #[arg(
-        long,
-        env = "ASSESSD_SNAPSHOT_EVERY",
-        default_value_t = defaults::SNAPSHOT_EVERY,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_SNAPSHOT_EVERY", default_value_t = defaults::SNAPSHOT_EVERY)]
     pub snapshot_every: usize,
     /// Seconds to let in-flight commands finish on shutdown.
-    #[arg(
-        long,
-        env = "ASSESSD_SHUTDOWN_GRACE_SECS",
-        default_value_t = defaults::SHUTDOWN_GRACE_SECS,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_SHUTDOWN_GRACE_SECS", default_value_t = defaults::SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "ASSESSD_LOG_JSON", global = true)]
-    pub log_json: bool,
 }
 
 /// Everything an [`crate::Application`] needs.
