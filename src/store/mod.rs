@@ -14,13 +14,14 @@ pub mod catalog;
 pub mod chain;
 pub mod streams;
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 use thiserror::Error;
 
 /// A connection pool on one of the two supported backends.
@@ -41,13 +42,43 @@ pub enum StoreError {
     EventStore(String),
 }
 
+/// How long to wait for PostgreSQL to answer, and for a pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `path` made absolute against the working directory, for messages; as given when the
+/// working directory cannot be read.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Where a PostgreSQL connection goes, for error messages: `host:port/database`.
+fn pg_target(options: &PgConnectOptions) -> String {
+    // PostgreSQL's default database is the user's name.
+    let database = options
+        .get_database()
+        .unwrap_or_else(|| options.get_username());
+    match options.get_socket() {
+        Some(socket) => format!("{}/{database}", socket.display()),
+        None => format!("{}:{}/{database}", options.get_host(), options.get_port()),
+    }
+}
+
+/// A sqlx error as one message: its text already includes its source, which `{:#}` would
+/// print a second time.
+fn flat(e: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
 impl Database {
     /// Opens a pool for `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
     /// when it does not exist.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
-                .with_context(|| "Failed to parse the SQLite DATABASE_URL")?
+                .map_err(flat)
+                .with_context(|| "Failed to parse the SQLite DATABASE_URL")?;
+            let file = absolute(options.get_filename());
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a recorded answer survives a power cut, not only a process crash.
@@ -57,20 +88,42 @@ impl Database {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 16))
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(CONNECT_TIMEOUT)
                 .connect_with(options)
                 .await
-                .with_context(|| "Failed to open the SQLite database")?;
+                .map_err(flat)
+                .with_context(|| {
+                    format!("Failed to open the SQLite database {}", file.display())
+                })?;
             Ok(Database::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)
+                .map_err(flat)
                 .with_context(|| "Failed to parse the PostgreSQL DATABASE_URL")?;
+            let target = pg_target(&options);
+            // The pool retries a failing connection until its acquire timeout and then says
+            // only "pool timed out"; one direct connection first reports the real cause
+            // (refused, unknown host, authentication failed, no such database).
+            let probe =
+                match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                    .await
+                {
+                    Ok(connected) => connected.map_err(flat),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "no answer within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )),
+                }
+                .with_context(|| format!("Failed to connect to PostgreSQL at {target}"))?;
+            // The probe has done its job; a failure to say goodbye changes nothing.
+            let _ = probe.close().await;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(CONNECT_TIMEOUT)
                 .connect_with(options)
                 .await
-                .with_context(|| "Failed to connect to PostgreSQL")?;
+                .map_err(flat)
+                .with_context(|| format!("Failed to connect to PostgreSQL at {target}"))?;
             Ok(Database::Postgres(pool))
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://")

@@ -1,7 +1,9 @@
-//! The `assessd` binary as a new user meets it: each subcommand shows only its own flags.
+//! The `assessd` binary as a new user meets it: each subcommand shows only its own flags,
+//! and an unreachable PostgreSQL is reported with its cause.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// `assessd` started in `cwd` with none of the caller's configuration.
 fn assessd(cwd: &Path) -> Command {
@@ -60,4 +62,27 @@ fn each_subcommand_shows_only_its_own_flags() {
             assert!(text.contains(flag), "{args:?}: {flag} missing from\n{text}");
         }
     }
+}
+
+#[test]
+fn an_unreachable_postgres_says_why() {
+    let cwd = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let result = run(assessd(cwd.path())
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/x"));
+    let took = started.elapsed();
+    assert!(!result.ok);
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: {}",
+        result.err
+    );
+    assert!(result.err.contains("127.0.0.1:1/x"), "{}", result.err);
+    assert!(
+        result.err.to_lowercase().contains("refused"),
+        "{}",
+        result.err
+    );
+    assert!(!result.err.contains("hunter2"), "{}", result.err);
 }
