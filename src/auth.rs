@@ -2,7 +2,7 @@
 //! found in a request. The token's `sub` is the only user id the server trusts.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -298,56 +298,119 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
 }
 
+/// The development secret's file name in the data directory.
+pub const DEV_SECRET_FILE: &str = ".assessd-dev-secret";
+
+/// Where the signing secret came from, so a command can say which one it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `ASSESSD_JWT_SECRET` (or `--jwt-secret`).
+    Configured,
+    /// The development secret file (an absolute path); `created` when this call made it.
+    DevelopmentFile { path: PathBuf, created: bool },
+}
+
 /// The configured secret, or the development secret kept in `data_dir` (created on first
-/// use, readable by the owner only). The bool says whether the development secret is used.
+/// use, readable by the owner only).
+///
+/// # Errors
+/// When the configured secret is too short, or the development secret file cannot be read
+/// or written, or holds something that is not a development secret.
 pub fn resolve_secret(
     configured: Option<Secret>,
     data_dir: &Path,
-) -> anyhow::Result<(Secret, bool)> {
+) -> anyhow::Result<(Secret, SecretSource)> {
     if let Some(secret) = configured {
         if secret.expose().len() < 16 {
             anyhow::bail!("ASSESSD_JWT_SECRET must be at least 16 characters");
         }
-        return Ok((secret, false));
+        return Ok((secret, SecretSource::Configured));
     }
-    let path = data_dir.join(".assessd-dev-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim();
-        if existing.len() >= 32 {
-            return Ok((Secret::new(existing), true));
+    let path = std::path::absolute(data_dir.join(DEV_SECRET_FILE))
+        .with_context(|| "Failed to read the working directory")?;
+    let existing = |path: &Path| -> anyhow::Result<(Secret, SecretSource)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Failed to read the development secret {}", path.display()))?;
+        let text = text.trim();
+        // Replacing a file that is not ours would silently invalidate whatever it signed.
+        if text.len() < 32 {
+            anyhow::bail!(
+                "{} is not a development secret (too short); delete it to have a new one generated",
+                path.display()
+            );
         }
+        let source = SecretSource::DevelopmentFile {
+            path: path.to_path_buf(),
+            created: false,
+        };
+        Ok((Secret::new(text), source))
+    };
+    if path.exists() {
+        return existing(&path);
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let secret = hex::encode(bytes);
-    write_private(&path, &secret).with_context(|| {
-        format!(
-            "Failed to write the development secret to {}",
-            path.display()
-        )
-    })?;
-    Ok((Secret::new(secret), true))
+    let secret = Secret::generate();
+    match write_new_private(&path, secret.expose()) {
+        Ok(()) => {
+            let source = SecretSource::DevelopmentFile {
+                path,
+                created: true,
+            };
+            Ok((secret, source))
+        }
+        // A server and `assessd token` started together: the first one's secret wins.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => existing(&path),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "Failed to write the development secret to {}",
+                path.display()
+            )
+        }),
+    }
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+impl Secret {
+    /// 32 random bytes, hex encoded.
+    fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Secret(hex::encode(bytes))
+    }
+}
+
+/// Creates `path` with `contents`, readable by the owner only; `AlreadyExists` when it is
+/// there. The file appears with its contents in place (written aside, then hard-linked), so
+/// a process that loses the race never reads it half written.
+fn write_new_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let aside = path.with_file_name(format!("{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
+    // Left over by a crashed run that had the same process id.
+    let _ = std::fs::remove_file(&aside);
+    create_private(&aside, contents)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            // A file system without hard links: create in place, accepting the instant in
+            // which the file exists but is still empty.
+            create_private(path, contents)
+        }
+        other => other,
+    }
+}
+
+fn create_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    std::fs::write(path, contents)
 }
 
 #[cfg(test)]
@@ -433,6 +496,46 @@ mod tests {
         let result = tracing::subscriber::with_default(subscriber, f);
         let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
         (result, log)
+    }
+
+    #[test]
+    fn the_development_secret_is_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested");
+        let (first, source) = resolve_secret(None, &data).unwrap();
+        let path = data.join(DEV_SECRET_FILE);
+        assert_eq!(
+            source,
+            SecretSource::DevelopmentFile {
+                path: path.clone(),
+                created: true
+            }
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (again, source) = resolve_secret(None, &data).unwrap();
+        assert_eq!(again.expose(), first.expose());
+        assert_eq!(
+            source,
+            SecretSource::DevelopmentFile {
+                path: path.clone(),
+                created: false
+            }
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "only the secret itself: {leftovers:?}");
+        // A file that is not a secret is reported, not replaced.
+        std::fs::write(&path, "short").unwrap();
+        let err = resolve_secret(None, &data).unwrap_err().to_string();
+        assert!(err.contains("not a development secret"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short");
+        let (_, source) =
+            resolve_secret(Some(Secret::new("configured-secret-0123")), &data).unwrap();
+        assert_eq!(source, SecretSource::Configured);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use anyhow::Context;
 
-use crate::auth::{resolve_secret, JwtKeys, Secret};
+use crate::auth::{resolve_secret, JwtKeys, Secret, SecretSource};
 use crate::config::{
     default_node_id, Cli, Command, ImportArgs, KeyArgs, ServeArgs, Settings, TestsCommand,
 };
@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if token.keys.jwt_public_key.is_some() {
                 anyhow::bail!("with ASSESSD_JWT_PUBLIC_KEY, tokens come from your identity provider; assessd cannot sign them");
             }
-            let (secret, _) = secret_of(&token.keys)?;
+            let (secret, _) = secret_of(&token.keys, &token.database_url)?;
             let keys = JwtKeys::hs256(
                 &secret,
                 token.keys.jwt_issuer.clone(),
@@ -62,8 +62,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn secret_of(keys: &KeyArgs) -> anyhow::Result<(Secret, bool)> {
-    resolve_secret(keys.jwt_secret.clone().map(Secret::new), &keys.data_dir)
+fn secret_of(keys: &KeyArgs, database_url: &str) -> anyhow::Result<(Secret, SecretSource)> {
+    let data_dir = keys.data_dir(database_url)?;
+    resolve_secret(keys.jwt_secret.clone().map(Secret::new), &data_dir)
 }
 
 /// Builds the server from `args` and runs it until `shutdown`.
@@ -71,7 +72,7 @@ pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (secret, development) = secret_of(&args.keys)?;
+    let (secret, source) = secret_of(&args.keys, &args.database.database_url)?;
     let public_key = args
         .keys
         .jwt_public_key
@@ -80,9 +81,9 @@ pub async fn serve(
             std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))
         })
         .transpose()?;
-    if development && public_key.is_none() {
+    if let (SecretSource::DevelopmentFile { path, .. }, None) = (&source, &public_key) {
         tracing::warn!(
-            path = %args.keys.data_dir.join(".assessd-dev-secret").display(),
+            path = %path.display(),
             "ASSESSD_JWT_SECRET is not set: using the generated development secret kept in the data directory"
         );
     }

@@ -4,7 +4,7 @@
 //! [`Settings::new`] alike.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -96,6 +96,10 @@ pub struct TokenArgs {
     pub ttl: Duration,
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// The server's database; the development secret is kept beside a SQLite file, so
+    /// `token` finds the one the server uses. No database is opened.
+    #[arg(long, env = "DATABASE_URL", default_value = defaults::DATABASE_URL)]
+    pub database_url: String,
 }
 
 /// How tokens are signed and verified; shared by `serve` and `token`.
@@ -115,9 +119,38 @@ pub struct KeyArgs {
     /// Required `aud` claim, when set.
     #[arg(long, env = "ASSESSD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Where the development secret is kept.
-    #[arg(long, env = "ASSESSD_DATA_DIR", default_value = ".")]
-    pub data_dir: PathBuf,
+    /// Where the development secret is kept [default: the directory of the SQLite
+    /// database file; `.` with PostgreSQL].
+    #[arg(long, env = "ASSESSD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The data directory: the configured one, else the one the database URL implies.
+    ///
+    /// # Errors
+    /// When it depends on a database URL that cannot be read.
+    pub fn data_dir(&self, database_url: &str) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_data_dir(database_url),
+        }
+    }
+}
+
+/// The directory of the SQLite database file, so that the development secret sits beside
+/// the data it protects (and is found again from any working directory); `.` for
+/// PostgreSQL and in-memory SQLite.
+///
+/// # Errors
+/// When `database_url` is neither a SQLite nor a PostgreSQL URL.
+pub fn default_data_dir(database_url: &str) -> anyhow::Result<PathBuf> {
+    let location = crate::store::Location::of(database_url)?;
+    Ok(location
+        .sqlite_file()
+        .and_then(Path::parent)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf))
 }
 
 /// Server options; every one has a flag and an environment variable.

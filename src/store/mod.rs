@@ -45,10 +45,102 @@ pub enum StoreError {
 /// How long to wait for PostgreSQL to answer, and for a pooled connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a `DATABASE_URL` points at, for telling the user which database a command uses and
+/// for finding the directory beside a SQLite file. It never holds a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file; a relative path is relative to the working directory.
+    SqliteFile(PathBuf),
+    /// A SQLite database that lives only as long as the process (`sqlite::memory:`,
+    /// `?mode=memory`, or an empty path).
+    SqliteMemory,
+    /// PostgreSQL: the URL with any password replaced by `***`.
+    Postgres(String),
+}
+
+impl Location {
+    /// Reads `url` the way [`Database::connect`] will.
+    ///
+    /// # Errors
+    /// When the URL is neither SQLite nor PostgreSQL, or sqlx cannot parse it.
+    pub fn of(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            // The same prefix handling as sqlx's SqliteConnectOptions::from_str.
+            let rest = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+            let memory_mode = serde_urlencoded::from_str::<Vec<(String, String)>>(params)
+                .unwrap_or_default()
+                .iter()
+                .any(|(key, value)| key == "mode" && value == "memory");
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(flat)
+                .with_context(|| "Failed to parse the SQLite DATABASE_URL")?;
+            let file = options.get_filename();
+            if database == ":memory:" || memory_mode || file.as_os_str().is_empty() {
+                return Ok(Location::SqliteMemory);
+            }
+            Ok(Location::SqliteFile(file.to_path_buf()))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            PgConnectOptions::from_str(url)
+                .map_err(flat)
+                .with_context(|| "Failed to parse the PostgreSQL DATABASE_URL")?;
+            Ok(Location::Postgres(redact_password(url)))
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://")
+        }
+    }
+
+    /// The SQLite file, when there is one.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        match self {
+            Location::SqliteFile(path) => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// `path` made absolute against the working directory, for messages; as given when the
 /// working directory cannot be read.
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `url` with the password of its user info and any `password=` parameter replaced by
+/// `***`. When in doubt it hides more: a malformed URL must not leak a password.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_query(url);
+    };
+    // The last `@` ends the user info even when an unencoded `/`, `?` or `@` sits in the
+    // password; a later `@` only makes more of the URL hidden.
+    let (userinfo, host) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let userinfo = match userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@"),
+            None => format!("{info}@"),
+        },
+        None => String::new(),
+    };
+    format!("{scheme}://{userinfo}{}", redact_query(host))
+}
+
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 /// Where a PostgreSQL connection goes, for error messages: `host:port/database`.
@@ -164,6 +256,59 @@ impl Database {
         match self {
             Database::Sqlite(pool) => pool.close().await,
             Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        for (url, file) in [
+            ("sqlite://assessd.db", "assessd.db"),
+            ("sqlite:assessd.db", "assessd.db"),
+            ("sqlite:///srv/data/a.db", "/srv/data/a.db"),
+            ("sqlite://data/a.db?mode=rwc", "data/a.db"),
+            ("sqlite:data/a%3Fb.db", "data/a?b.db"),
+        ] {
+            assert_eq!(
+                Location::of(url).unwrap(),
+                Location::SqliteFile(PathBuf::from(file)),
+                "{url}"
+            );
+        }
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://a.db?mode=memory",
+        ] {
+            assert_eq!(Location::of(url).unwrap(), Location::SqliteMemory, "{url}");
+        }
+        assert!(Location::of("sqlite://a.db?bogus=1").is_err());
+        assert!(Location::of("mysql://localhost/a").is_err());
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            (
+                "postgres://postgres:hunter2@127.0.0.1:5432/assessd",
+                "postgres://postgres:***@127.0.0.1:5432/assessd",
+            ),
+            (
+                "postgresql://me@db.example/assessd?sslmode=require",
+                "postgresql://me@db.example/assessd?sslmode=require",
+            ),
+            (
+                "postgres://db.example/assessd?user=me&password=hunter2",
+                "postgres://db.example/assessd?user=me&password=***",
+            ),
+            // an unencoded `/`, `?` or `@` in the password still hides all of it
+            ("postgres://me:hun/t?er@2@h/d", "postgres://me:***@h/d"),
+        ] {
+            assert_eq!(redact_password(url), shown);
         }
     }
 }

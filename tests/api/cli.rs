@@ -1,9 +1,14 @@
-//! The `assessd` binary as a new user meets it: each subcommand shows only its own flags,
+//! The `assessd` binary as a new user meets it: the development secret sits beside the
+//! SQLite file whatever the working directory, each subcommand shows only its own flags,
 //! and an unreachable PostgreSQL is reported with its cause.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use assessd::auth::{JwtKeys, Secret};
+
+const SECRET_FILE: &str = ".assessd-dev-secret";
 
 /// `assessd` started in `cwd` with none of the caller's configuration.
 fn assessd(cwd: &Path) -> Command {
@@ -34,6 +39,91 @@ fn run(command: &mut Command) -> Run {
     }
 }
 
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_development_secret_sits_beside_the_sqlite_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("assessd.db").display()
+    );
+    let secret_path = data.path().join(SECRET_FILE);
+
+    let first = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("DATABASE_URL", &url));
+    assert!(first.ok, "{}", first.err);
+    assert!(
+        files_in(cwd.path()).is_empty(),
+        "nothing is written to the working directory"
+    );
+    assert_eq!(
+        files_in(data.path()),
+        [SECRET_FILE],
+        "no database is opened"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by the owner only");
+    }
+    let secret = std::fs::read_to_string(&secret_path).unwrap();
+    assert!(
+        !first.err.contains(secret.trim()),
+        "the secret never prints"
+    );
+    // Stdout is the token alone, for `TOKEN=$(assessd token ...)`.
+    assert_eq!(first.out.lines().count(), 1, "{}", first.out);
+    let keys = JwtKeys::hs256(&Secret::new(secret.trim()), None, None);
+    assert_eq!(keys.verify(first.out.trim()).unwrap().user_id, "zoe");
+
+    let again = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("DATABASE_URL", &url));
+    assert!(again.ok, "{}", again.err);
+    assert!(keys.verify(again.out.trim()).is_ok());
+
+    // `sqlite:RELATIVE` is relative to the working directory; PostgreSQL keeps it in `.`,
+    // and `token` does not connect (nothing listens on port 1).
+    for (url, dir) in [
+        (
+            "sqlite:nested/other.db".to_string(),
+            cwd.path().join("nested"),
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/x".to_string(),
+            cwd.path().to_path_buf(),
+        ),
+    ] {
+        let made = run(assessd(cwd.path())
+            .args(["token", "--sub", "zoe"])
+            .env("DATABASE_URL", &url));
+        assert!(made.ok, "{url}: {}", made.err);
+        assert!(dir.join(SECRET_FILE).is_file(), "{url}: {}", made.err);
+    }
+
+    // A configured secret is never shown.
+    let configured = "configured-secret-0123456789";
+    let named = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("ASSESSD_JWT_SECRET", configured));
+    assert!(named.ok, "{}", named.err);
+    assert!(!named.err.contains(configured), "{}", named.err);
+}
+
 #[test]
 fn each_subcommand_shows_only_its_own_flags() {
     let cwd = tempfile::tempdir().unwrap();
@@ -43,7 +133,13 @@ fn each_subcommand_shows_only_its_own_flags() {
         result.out
     };
     let token = help(&["token", "--help"]);
-    for flag in ["--sub", "--ttl", "--jwt-secret", "--data-dir"] {
+    for flag in [
+        "--sub",
+        "--ttl",
+        "--jwt-secret",
+        "--data-dir",
+        "--database-url",
+    ] {
         assert!(token.contains(flag), "{flag} missing from\n{token}");
     }
     for flag in ["--bind", "--max-connections", "--db-pool"] {
