@@ -377,6 +377,12 @@ impl Secret {
         rand::rng().fill_bytes(&mut bytes);
         Secret(hex::encode(bytes))
     }
+
+    /// A random secret that is never stored: the placeholder when tokens are verified with
+    /// a public key and no secret is configured.
+    pub fn ephemeral() -> Self {
+        Self::generate()
+    }
 }
 
 /// Creates `path` with `contents`, readable by the owner only; `AlreadyExists` when it is

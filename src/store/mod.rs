@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod chain;
 pub mod streams;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -97,6 +98,16 @@ impl Location {
         match self {
             Location::SqliteFile(path) => Some(path),
             _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::SqliteFile(path) => write!(f, "SQLite file {}", absolute(path).display()),
+            Location::SqliteMemory => f.write_str("an in-memory SQLite database (nothing is kept)"),
+            Location::Postgres(url) => write!(f, "PostgreSQL {url}"),
         }
     }
 }
@@ -310,5 +321,9 @@ mod tests {
         ] {
             assert_eq!(redact_password(url), shown);
         }
+        let location = Location::of("postgres://me:hunter2@localhost/x?password=hunter2")
+            .unwrap()
+            .to_string();
+        assert!(!location.contains("hunter2"), "{location}");
     }
 }
