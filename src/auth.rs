@@ -2,7 +2,7 @@
 //! found in a request. The token's `sub` is the only user id the server trusts.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -193,9 +193,21 @@ impl JwtKeys {
     /// [`AuthError`] saying why the token is refused; never the token itself.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
+            .map_err(|e| match classify(e.kind()) {
+                Refusal::Expired => AuthError::Expired,
+                Refusal::BadSignature => {
+                    // The usual cause in development is a token minted by `assessd token`
+                    // with another secret than the server's; the client learns only
+                    // "invalid token", so say it where the operator looks.
+                    tracing::warn!(
+                        algorithm = ?self.algorithm,
+                        "token refused: its signature does not match (signed with a different secret? \
+                         `assessd token` and the server must use the same ASSESSD_JWT_SECRET, \
+                         or the same development secret file)"
+                    );
+                    AuthError::Invalid
+                }
+                Refusal::Other => AuthError::Invalid,
             })?;
         let claims = data.claims;
         let sub = claims.sub;
@@ -237,6 +249,24 @@ impl JwtKeys {
     }
 }
 
+/// What the server does differently depending on why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Expired,
+    /// Well formed, but signed with another key.
+    BadSignature,
+    Other,
+}
+
+fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> Refusal {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::InvalidSignature => Refusal::BadSignature,
+        _ => Refusal::Other,
+    }
+}
+
 /// The bearer token of a request: the `Authorization` header, or (for WebSockets, which
 /// browsers cannot give headers) the `access_token` query parameter.
 pub fn bearer_token(parts: &Parts, allow_query: bool) -> Result<String, AuthError> {
@@ -268,56 +298,125 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
 }
 
+/// The development secret's file name in the data directory.
+pub const DEV_SECRET_FILE: &str = ".assessd-dev-secret";
+
+/// Where the signing secret came from, so a command can say which one it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `ASSESSD_JWT_SECRET` (or `--jwt-secret`).
+    Configured,
+    /// The development secret file (an absolute path); `created` when this call made it.
+    DevelopmentFile { path: PathBuf, created: bool },
+}
+
 /// The configured secret, or the development secret kept in `data_dir` (created on first
-/// use, readable by the owner only). The bool says whether the development secret is used.
+/// use, readable by the owner only).
+///
+/// # Errors
+/// When the configured secret is too short, or the development secret file cannot be read
+/// or written, or holds something that is not a development secret.
 pub fn resolve_secret(
     configured: Option<Secret>,
     data_dir: &Path,
-) -> anyhow::Result<(Secret, bool)> {
+) -> anyhow::Result<(Secret, SecretSource)> {
     if let Some(secret) = configured {
         if secret.expose().len() < 16 {
             anyhow::bail!("ASSESSD_JWT_SECRET must be at least 16 characters");
         }
-        return Ok((secret, false));
+        return Ok((secret, SecretSource::Configured));
     }
-    let path = data_dir.join(".assessd-dev-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim();
-        if existing.len() >= 32 {
-            return Ok((Secret::new(existing), true));
+    let path = std::path::absolute(data_dir.join(DEV_SECRET_FILE))
+        .with_context(|| "Failed to read the working directory")?;
+    let existing = |path: &Path| -> anyhow::Result<(Secret, SecretSource)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Failed to read the development secret {}", path.display()))?;
+        let text = text.trim();
+        // Replacing a file that is not ours would silently invalidate whatever it signed.
+        if text.len() < 32 {
+            anyhow::bail!(
+                "{} is not a development secret (too short); delete it to have a new one generated",
+                path.display()
+            );
         }
+        let source = SecretSource::DevelopmentFile {
+            path: path.to_path_buf(),
+            created: false,
+        };
+        Ok((Secret::new(text), source))
+    };
+    if path.exists() {
+        return existing(&path);
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let secret = hex::encode(bytes);
-    write_private(&path, &secret).with_context(|| {
-        format!(
-            "Failed to write the development secret to {}",
-            path.display()
-        )
-    })?;
-    Ok((Secret::new(secret), true))
+    let secret = Secret::generate();
+    match write_new_private(&path, secret.expose()) {
+        Ok(()) => {
+            let source = SecretSource::DevelopmentFile {
+                path,
+                created: true,
+            };
+            Ok((secret, source))
+        }
+        // A server and `assessd token` started together: the first one's secret wins.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => existing(&path),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "Failed to write the development secret to {}",
+                path.display()
+            )
+        }),
+    }
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+impl Secret {
+    /// 32 random bytes, hex encoded.
+    fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Secret(hex::encode(bytes))
+    }
+
+    /// A random secret that is never stored: the placeholder when tokens are verified with
+    /// a public key and no secret is configured.
+    pub fn ephemeral() -> Self {
+        Self::generate()
+    }
+}
+
+/// Creates `path` with `contents`, readable by the owner only; `AlreadyExists` when it is
+/// there. The file appears with its contents in place (written aside, then hard-linked), so
+/// a process that loses the race never reads it half written.
+fn write_new_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let aside = path.with_file_name(format!("{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
+    // Left over by a crashed run that had the same process id.
+    let _ = std::fs::remove_file(&aside);
+    create_private(&aside, contents)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            // A file system without hard links: create in place, accepting the instant in
+            // which the file exists but is still empty.
+            create_private(path, contents)
+        }
+        other => other,
+    }
+}
+
+fn create_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    std::fs::write(path, contents)
 }
 
 #[cfg(test)]
@@ -345,6 +444,104 @@ mod tests {
             .unwrap();
         let other = JwtKeys::hs256(&Secret::new("another-secret-another-secret"), None, None);
         assert_eq!(other.verify(&token), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn refusals_are_classified_by_kind() {
+        use jsonwebtoken::errors::ErrorKind;
+        assert_eq!(
+            classify(&ErrorKind::InvalidSignature),
+            Refusal::BadSignature
+        );
+        assert_eq!(classify(&ErrorKind::ExpiredSignature), Refusal::Expired);
+        for other in [
+            ErrorKind::InvalidToken,
+            ErrorKind::InvalidAlgorithm,
+            ErrorKind::InvalidIssuer,
+        ] {
+            assert_eq!(classify(&other), Refusal::Other, "{other:?}");
+        }
+    }
+
+    /// The log names the likely cause, never the token; the caller still gets `Invalid`.
+    #[test]
+    fn a_token_signed_with_another_secret_is_logged_as_such() {
+        let token = keys()
+            .mint("alice", &[Role::Taker], Duration::from_secs(60))
+            .unwrap();
+        let other = JwtKeys::hs256(&Secret::new("another-secret-another-secret"), None, None);
+        let (result, log) = logged(|| other.verify(&token));
+        assert_eq!(result, Err(AuthError::Invalid));
+        assert!(log.contains("signed with a different secret?"), "{log}");
+        assert!(!log.contains(&token), "{log}");
+        let (result, log) = logged(|| keys().verify("not.a.token"));
+        assert_eq!(result, Err(AuthError::Invalid));
+        assert!(!log.contains("different secret"), "{log}");
+    }
+
+    /// Runs `f` with a subscriber that records every event, and returns what it logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (result, log)
+    }
+
+    #[test]
+    fn the_development_secret_is_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested");
+        let (first, source) = resolve_secret(None, &data).unwrap();
+        let path = data.join(DEV_SECRET_FILE);
+        assert_eq!(
+            source,
+            SecretSource::DevelopmentFile {
+                path: path.clone(),
+                created: true
+            }
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (again, source) = resolve_secret(None, &data).unwrap();
+        assert_eq!(again.expose(), first.expose());
+        assert_eq!(
+            source,
+            SecretSource::DevelopmentFile {
+                path: path.clone(),
+                created: false
+            }
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "only the secret itself: {leftovers:?}");
+        // A file that is not a secret is reported, not replaced.
+        std::fs::write(&path, "short").unwrap();
+        let err = resolve_secret(None, &data).unwrap_err().to_string();
+        assert!(err.contains("not a development secret"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short");
+        let (_, source) =
+            resolve_secret(Some(Secret::new("configured-secret-0123")), &data).unwrap();
+        assert_eq!(source, SecretSource::Configured);
     }
 
     #[test]

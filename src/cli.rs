@@ -1,61 +1,129 @@
-//! The subcommands: `serve` (the default), `migrate`, `token`, `tests import`.
+//! The subcommands: `serve` (the default), `migrate`, `token`, `tests import`. Each says on
+//! stderr which database and which secret it uses, and warns when it has just created one,
+//! so that running it from another directory cannot silently start from scratch. Stdout
+//! carries only the result, for scripts.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::auth::{resolve_secret, JwtKeys, Secret};
-use crate::config::{default_node_id, Cli, Command, ServeArgs, Settings, TestsCommand};
+use crate::auth::{resolve_secret, JwtKeys, Secret, SecretSource};
+use crate::config::{
+    default_node_id, Cli, Command, ImportArgs, KeyArgs, ServeArgs, Settings, TestsCommand,
+};
 use crate::store::catalog::Catalog;
-use crate::store::Database;
+use crate::store::{absolute, Database, Location};
 use crate::Application;
 
+/// Connections the one-shot commands need.
+const TOOL_POOL: u32 = 2;
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let args = cli.serve;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(args, shutdown_signal()).await,
-        Command::Migrate => {
-            let db = Database::connect(&args.database_url, 2).await?;
+    match cli.command {
+        None => serve(cli.serve, shutdown_signal()).await,
+        Some(Command::Serve(args)) => serve(args, shutdown_signal()).await,
+        Some(Command::Migrate(args)) => {
+            let db = open_database(&args.database_url).await?;
             db.migrate().await?;
             println!("migrations applied ({})", db.backend());
+            db.close().await;
             Ok(())
         }
-        Command::Token(token) => {
-            if args.jwt_public_key.is_some() {
+        Some(Command::Token(token)) => {
+            if token.keys.jwt_public_key.is_some() {
                 anyhow::bail!("with ASSESSD_JWT_PUBLIC_KEY, tokens come from your identity provider; assessd cannot sign them");
             }
-            let (secret, _) = secret_of(&args)?;
-            let keys = JwtKeys::hs256(&secret, args.jwt_issuer.clone(), args.jwt_audience.clone());
+            let (secret, source) = secret_of(&token.keys, &token.database_url)?;
+            report_secret(&source);
+            let keys = JwtKeys::hs256(
+                &secret,
+                token.keys.jwt_issuer.clone(),
+                token.keys.jwt_audience.clone(),
+            );
             println!("{}", keys.mint(&token.sub, &token.role, token.ttl)?);
             Ok(())
         }
-        Command::Tests(TestsCommand::Import { file }) => {
-            let bytes = std::fs::read(&file)
-                .with_context(|| format!("Failed to read {}", file.display()))?;
-            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(String::from))
-                .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            let definition = crate::definitions::parse(&bytes, Some(&id)).map_err(|e| {
-                anyhow::anyhow!("{} is not a valid test definition: {e}", file.display())
-            })?;
-            let db = Database::connect(&args.database_url, 2).await?;
-            db.migrate().await?;
-            let stored = Catalog::new(db.clone()).put(definition).await?;
-            if stored.created {
-                println!("imported test {id:?} as version {}", stored.version);
-            } else {
-                println!("test {id:?} is unchanged (version {})", stored.version);
+        Some(Command::Tests(TestsCommand::Import(args))) => import(args).await,
+    }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let file = &args.file;
+    let bytes =
+        std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
+    let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(String::from))
+        .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let definition = crate::definitions::parse(&bytes, Some(&id))
+        .map_err(|e| anyhow::anyhow!("{} is not a valid test definition: {e}", file.display()))?;
+    let db = open_database(&args.database.database_url).await?;
+    db.migrate().await?;
+    let stored = Catalog::new(db.clone()).put(definition).await?;
+    if stored.created {
+        println!("imported test {id:?} as version {}", stored.version);
+    } else {
+        println!("test {id:?} is unchanged (version {})", stored.version);
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Opens the database of a one-shot command, saying on stderr which one it is and warning
+/// when the SQLite file did not exist before.
+async fn open_database(url: &str) -> anyhow::Result<Database> {
+    let location = Location::of(url)?;
+    eprintln!("database: {location}");
+    let new_file = new_sqlite_file(&location);
+    let db = Database::connect(url, TOOL_POOL).await?;
+    if let Some(file) = new_file {
+        eprintln!("warning: {}", created_database(&file));
+    }
+    Ok(db)
+}
+
+/// The SQLite file `location` names, when it does not exist yet (connecting will create it).
+fn new_sqlite_file(location: &Location) -> Option<PathBuf> {
+    location
+        .sqlite_file()
+        .filter(|file| !file.exists())
+        .map(absolute)
+}
+
+fn created_database(file: &Path) -> String {
+    format!(
+        "created a new, empty SQLite database at {}; to use an existing one, set DATABASE_URL to its path",
+        file.display()
+    )
+}
+
+fn secret_of(keys: &KeyArgs, database_url: &str) -> anyhow::Result<(Secret, SecretSource)> {
+    let data_dir = keys.data_dir(database_url)?;
+    resolve_secret(keys.jwt_secret.clone().map(Secret::new), &data_dir)
+}
+
+/// Says on stderr which secret a one-shot command uses, and warns when it is new.
+fn report_secret(source: &SecretSource) {
+    match source {
+        SecretSource::Configured => {
+            eprintln!("secret: ASSESSD_JWT_SECRET (from the environment or --jwt-secret)");
+        }
+        SecretSource::DevelopmentFile { path, created } => {
+            eprintln!("secret: the development secret in {}", path.display());
+            if *created {
+                eprintln!("warning: {}", created_secret(path));
             }
-            db.close().await;
-            Ok(())
         }
     }
 }
 
-fn secret_of(args: &ServeArgs) -> anyhow::Result<(Secret, bool)> {
-    resolve_secret(args.jwt_secret.clone().map(Secret::new), &args.data_dir)
+fn created_secret(path: &Path) -> String {
+    format!(
+        "created a new development secret at {}; tokens it signs are accepted only by a server using the same secret",
+        path.display()
+    )
 }
 
 /// Builds the server from `args` and runs it until `shutdown`.
@@ -63,30 +131,56 @@ pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (secret, development) = secret_of(&args)?;
+    let database_url = args.database.database_url.clone();
+    let location = Location::of(&database_url)?;
     let public_key = args
+        .keys
         .jwt_public_key
         .as_ref()
         .map(|path| {
             std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))
         })
         .transpose()?;
-    if development && public_key.is_none() {
-        tracing::warn!(
-            path = %args.data_dir.join(".assessd-dev-secret").display(),
-            "ASSESSD_JWT_SECRET is not set: using the generated development secret kept in the data directory"
+    let secret = if let Some(path) = &args.keys.jwt_public_key {
+        tracing::info!(
+            path = %absolute(path).display(),
+            "tokens are verified with this public key; no secret is used"
         );
-    }
-    let mut settings = Settings::new(args.bind, args.database_url.clone(), secret);
+        // Settings wants a secret even though nothing signs or verifies with this one.
+        Secret::ephemeral()
+    } else {
+        let (secret, source) = secret_of(&args.keys, &database_url)?;
+        match &source {
+            SecretSource::Configured => {
+                tracing::info!("tokens are verified with ASSESSD_JWT_SECRET");
+            }
+            SecretSource::DevelopmentFile { path, created } => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "ASSESSD_JWT_SECRET is not set: tokens are verified with the development secret in this file"
+                );
+                if *created {
+                    tracing::warn!("{}", created_secret(path));
+                }
+            }
+        }
+        secret
+    };
+    tracing::info!(database = %location, "opening the database");
+    let new_file = new_sqlite_file(&location);
+    let mut settings = Settings::new(args.bind, database_url, secret);
     settings.jwt_public_key = public_key;
-    settings.jwt_issuer = args.jwt_issuer.clone();
-    settings.jwt_audience = args.jwt_audience.clone();
+    settings.jwt_issuer = args.keys.jwt_issuer.clone();
+    settings.jwt_audience = args.keys.jwt_audience.clone();
     settings.node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     settings.limits = args.limits();
     settings.db_pool = args.db_pool;
     settings.snapshot_every = args.snapshot_every;
     settings.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
     let app = Application::build(settings).await?;
+    if let Some(file) = new_file {
+        tracing::warn!("{}", created_database(&file));
+    }
     let addr = app.local_addr()?;
     tracing::info!(%addr, database = app.state().db.backend(), "assessd listening");
     // A plain line on stdout, for scripts that start assessd on port 0.

@@ -1,30 +1,59 @@
 //! Configuration: the command line and environment (clap), and the typed [`Settings`] an
-//! [`crate::Application`] is built from. Tests build `Settings` directly.
+//! [`crate::Application`] is built from. Tests build `Settings` directly. Every default is
+//! written once, in [`defaults`], and used by the flags, [`Limits::default`] and
+//! [`Settings::new`] alike.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{Role, Secret};
 
+/// The default of every option.
+pub mod defaults {
+    pub const BIND: &str = "127.0.0.1:8080";
+    pub const DATABASE_URL: &str = "sqlite://assessd.db";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+    pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const PING_INTERVAL_SECS: u64 = 20;
+    pub const WRITE_TIMEOUT_SECS: u64 = 10;
+    pub const RATE_PER_SEC: u32 = 20;
+    pub const RATE_BURST: u32 = 40;
+    pub const OUTBOUND_QUEUE: usize = 64;
+    pub const DB_POOL: u32 = 16;
+    pub const SNAPSHOT_EVERY: usize = 20;
+    pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "assessd", version, about = "Event-sourced assessment server")]
+#[command(
+    name = "assessd",
+    version,
+    about = "Event-sourced assessment server",
+    // The server options are accepted before no subcommand at all (plain `assessd` serves),
+    // but do not leak into the help and the parsing of the other subcommands.
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Options of `serve`, which runs when no subcommand is given.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ASSESSD_LOG_JSON", global = true)]
+    pub log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the WebSocket protocol and the HTTP API (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate(DatabaseArgs),
     /// Mint a token signed with the configured key, for development and scripts.
     Token(TokenArgs),
     /// Manage test definitions.
@@ -35,10 +64,23 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TestsCommand {
     /// Validate a test definition (JSON) and store it as a new version.
-    Import {
-        /// The JSON file; its `id` field, or else its file name, is the test id.
-        file: PathBuf,
-    },
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The JSON file; its `id` field, or else its file name, is the test id.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// The database of `migrate` and `tests import`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (created on first run) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = defaults::DATABASE_URL)]
+    pub database_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -52,120 +94,111 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// The server's database; the development secret is kept beside a SQLite file, so
+    /// `token` finds the one the server uses. No database is opened.
+    #[arg(long, env = "DATABASE_URL", default_value = defaults::DATABASE_URL)]
+    pub database_url: String,
+}
+
+/// How tokens are signed and verified; shared by `serve` and `token`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// HS256 signing secret. When unset, a development secret is generated and kept in the
+    /// data directory.
+    #[arg(long, env = "ASSESSD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A PEM file with an identity provider's RSA or Ed25519 public key: tokens are then
+    /// verified as RS256 or EdDSA (and no longer HS256).
+    #[arg(long, env = "ASSESSD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "ASSESSD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Where the development secret is kept [default: the directory of the SQLite
+    /// database file; `.` with PostgreSQL].
+    #[arg(long, env = "ASSESSD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The data directory: the configured one, else the one the database URL implies.
+    ///
+    /// # Errors
+    /// When it depends on a database URL that cannot be read.
+    pub fn data_dir(&self, database_url: &str) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_data_dir(database_url),
+        }
+    }
+}
+
+/// The directory of the SQLite database file, so that the development secret sits beside
+/// the data it protects (and is found again from any working directory); `.` for
+/// PostgreSQL and in-memory SQLite.
+///
+/// # Errors
+/// When `database_url` is neither a SQLite nor a PostgreSQL URL.
+pub fn default_data_dir(database_url: &str) -> anyhow::Result<PathBuf> {
+    let location = crate::store::Location::of(database_url)?;
+    Ok(location
+        .sqlite_file()
+        .and_then(Path::parent)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf))
 }
 
 /// Server options; every one has a flag and an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "ASSESSD_BIND",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_BIND", default_value = defaults::BIND)]
     pub bind: SocketAddr,
-    /// `sqlite://PATH` (created on first run) or `postgres://...`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://assessd.db",
-        global = true
-    )]
-    pub database_url: String,
-    /// HS256 signing secret. When unset, a development secret is generated and kept in the
-    /// data directory.
-    #[arg(
-        long,
-        env = "ASSESSD_JWT_SECRET",
-        hide_env_values = true,
-        global = true
-    )]
-    pub jwt_secret: Option<String>,
-    /// A PEM file with an identity provider's RSA or Ed25519 public key: tokens are then
-    /// verified as RS256 or EdDSA (and no longer HS256).
-    #[arg(long, env = "ASSESSD_JWT_PUBLIC_KEY", global = true)]
-    pub jwt_public_key: Option<PathBuf>,
-    /// Required `iss` claim, when set.
-    #[arg(long, env = "ASSESSD_JWT_ISSUER", global = true)]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "ASSESSD_JWT_AUDIENCE", global = true)]
-    pub jwt_audience: Option<String>,
-    /// Where the development secret is kept.
-    #[arg(long, env = "ASSESSD_DATA_DIR", default_value = ".", global = true)]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// This node's name, recorded in event metadata.
-    #[arg(long, env = "ASSESSD_NODE_ID", global = true)]
+    #[arg(long, env = "ASSESSD_NODE_ID")]
     pub node_id: Option<String>,
     /// Most WebSocket connections at once; more are refused with 503.
-    #[arg(
-        long,
-        env = "ASSESSD_MAX_CONNECTIONS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Largest accepted WebSocket message, in bytes; larger ones close with 1009.
-    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "ASSESSD_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Seconds without any message or pong before a connection is closed with 4008.
-    #[arg(
-        long,
-        env = "ASSESSD_IDLE_TIMEOUT_SECS",
-        default_value_t = 60,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_IDLE_TIMEOUT_SECS", default_value_t = defaults::IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
     /// Seconds between server pings.
-    #[arg(
-        long,
-        env = "ASSESSD_PING_INTERVAL_SECS",
-        default_value_t = 20,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_PING_INTERVAL_SECS", default_value_t = defaults::PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
+    /// Seconds a client's socket may accept no write before it is disconnected.
+    #[arg(long, env = "ASSESSD_WRITE_TIMEOUT_SECS", default_value_t = defaults::WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
     /// Messages per second each user may send.
-    #[arg(
-        long,
-        env = "ASSESSD_RATE_PER_SEC",
-        default_value_t = 20,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_RATE_PER_SEC", default_value_t = defaults::RATE_PER_SEC)]
     pub rate_per_sec: u32,
     /// Burst of messages each user may send at once.
-    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = 40, global = true)]
+    #[arg(long, env = "ASSESSD_RATE_BURST", default_value_t = defaults::RATE_BURST)]
     pub rate_burst: u32,
-    /// Messages queued for one client; a client that lets it fill is disconnected.
-    #[arg(
-        long,
-        env = "ASSESSD_OUTBOUND_QUEUE",
-        default_value_t = 64,
-        global = true
-    )]
+    /// Replies queued for one client; while the queue is full the server stops reading it.
+    #[arg(long, env = "ASSESSD_OUTBOUND_QUEUE", default_value_t = defaults::OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
     /// Database connections in the pool.
-    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = 16, global = true)]
+    #[arg(long, env = "ASSESSD_DB_POOL", default_value_t = defaults::DB_POOL)]
     pub db_pool: u32,
     /// A snapshot of a user's state is written every this many events.
-    #[arg(
-        long,
-        env = "ASSESSD_SNAPSHOT_EVERY",
-        default_value_t = 20,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_SNAPSHOT_EVERY", default_value_t = defaults::SNAPSHOT_EVERY)]
     pub snapshot_every: usize,
     /// Seconds to let in-flight commands finish on shutdown.
-    #[arg(
-        long,
-        env = "ASSESSD_SHUTDOWN_GRACE_SECS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "ASSESSD_SHUTDOWN_GRACE_SECS", default_value_t = defaults::SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "ASSESSD_LOG_JSON", global = true)]
-    pub log_json: bool,
 }
 
 /// Everything an [`crate::Application`] needs.
@@ -204,14 +237,14 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
-            max_message_bytes: 64 * 1024,
-            idle_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
-            rate_per_sec: 20,
-            rate_burst: 40,
-            outbound_queue: 64,
-            write_timeout: Duration::from_secs(10),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            idle_timeout: Duration::from_secs(defaults::IDLE_TIMEOUT_SECS),
+            ping_interval: Duration::from_secs(defaults::PING_INTERVAL_SECS),
+            rate_per_sec: defaults::RATE_PER_SEC,
+            rate_burst: defaults::RATE_BURST,
+            outbound_queue: defaults::OUTBOUND_QUEUE,
+            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
         }
     }
 }
@@ -228,9 +261,9 @@ impl Settings {
             jwt_audience: None,
             node_id: default_node_id(),
             limits: Limits::default(),
-            db_pool: 16,
-            snapshot_every: 20,
-            shutdown_grace: Duration::from_secs(10),
+            db_pool: defaults::DB_POOL,
+            snapshot_every: defaults::SNAPSHOT_EVERY,
+            shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             load_demo: true,
         }
     }
@@ -257,7 +290,7 @@ impl ServeArgs {
             rate_per_sec: self.rate_per_sec.max(1),
             rate_burst: self.rate_burst.max(1),
             outbound_queue: self.outbound_queue.max(8),
-            ..Limits::default()
+            write_timeout: Duration::from_secs(self.write_timeout_secs.max(1)),
         }
     }
 }

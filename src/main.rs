@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let cli = assessd::config::Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if cli.serve.log_json {
+    if cli.log_json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

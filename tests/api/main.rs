@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bad_input;
+mod cli;
 mod concurrency;
 mod durability;
 mod flow;

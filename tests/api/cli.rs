@@ -1,0 +1,336 @@
+//! The `assessd` binary as a new user meets it: from any working directory it says which
+//! database and which secret it uses, warns when it has just created one, keeps the
+//! development secret beside the SQLite file, shows each subcommand's own flags, and says
+//! why PostgreSQL cannot be reached.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assessd::auth::{JwtKeys, Secret};
+
+const SECRET_FILE: &str = ".assessd-dev-secret";
+
+/// `assessd` started in `cwd` with none of the caller's configuration.
+fn assessd(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_assessd"));
+    command.current_dir(cwd);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("ASSESSD_") || name == "DATABASE_URL" {
+            command.env_remove(&*name);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+struct Run {
+    ok: bool,
+    out: String,
+    err: String,
+}
+
+fn run(command: &mut Command) -> Run {
+    let output = command.output().expect("assessd runs");
+    Run {
+        ok: output.status.success(),
+        out: String::from_utf8_lossy(&output.stdout).into_owned(),
+        err: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_development_secret_sits_beside_the_sqlite_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("assessd.db").display()
+    );
+    let secret_path = data.path().join(SECRET_FILE);
+
+    let first = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("DATABASE_URL", &url));
+    assert!(first.ok, "{}", first.err);
+    assert!(
+        files_in(cwd.path()).is_empty(),
+        "nothing is written to the working directory"
+    );
+    assert_eq!(
+        files_in(data.path()),
+        [SECRET_FILE],
+        "no database is opened"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by the owner only");
+    }
+    let secret = std::fs::read_to_string(&secret_path).unwrap();
+    assert!(
+        first.err.contains(&format!(
+            "warning: created a new development secret at {}",
+            secret_path.display()
+        )),
+        "{}",
+        first.err
+    );
+    assert!(
+        !first.err.contains(secret.trim()),
+        "the secret never prints"
+    );
+    // Stdout is the token alone, for `TOKEN=$(assessd token ...)`.
+    assert_eq!(first.out.lines().count(), 1, "{}", first.out);
+    let keys = JwtKeys::hs256(&Secret::new(secret.trim()), None, None);
+    assert_eq!(keys.verify(first.out.trim()).unwrap().user_id, "zoe");
+
+    let again = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("DATABASE_URL", &url));
+    assert!(again.ok, "{}", again.err);
+    assert!(
+        again
+            .err
+            .contains(&format!("development secret in {}", secret_path.display())),
+        "{}",
+        again.err
+    );
+    assert!(!again.err.contains("warning:"), "{}", again.err);
+    assert!(keys.verify(again.out.trim()).is_ok());
+
+    // `sqlite:RELATIVE` is relative to the working directory; PostgreSQL keeps it in `.`,
+    // and `token` does not connect (nothing listens on port 1).
+    for (url, dir) in [
+        (
+            "sqlite:nested/other.db".to_string(),
+            cwd.path().join("nested"),
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/x".to_string(),
+            cwd.path().to_path_buf(),
+        ),
+    ] {
+        let made = run(assessd(cwd.path())
+            .args(["token", "--sub", "zoe"])
+            .env("DATABASE_URL", &url));
+        assert!(made.ok, "{url}: {}", made.err);
+        assert!(dir.join(SECRET_FILE).is_file(), "{url}: {}", made.err);
+    }
+
+    // A configured secret is named, never shown.
+    let configured = "configured-secret-0123456789";
+    let named = run(assessd(cwd.path())
+        .args(["token", "--sub", "zoe"])
+        .env("ASSESSD_JWT_SECRET", configured));
+    assert!(named.ok, "{}", named.err);
+    assert!(named.err.contains("ASSESSD_JWT_SECRET"), "{}", named.err);
+    assert!(!named.err.contains(configured), "{}", named.err);
+}
+
+#[test]
+fn migrate_and_import_name_their_database_and_warn_when_they_create_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("assessd.db");
+    let url = format!("sqlite://{}", db.display());
+    let created = format!(
+        "warning: created a new, empty SQLite database at {}",
+        db.display()
+    );
+
+    let first = run(assessd(cwd.path()).arg("migrate").env("DATABASE_URL", &url));
+    assert!(first.ok, "{}", first.err);
+    assert_eq!(first.out.trim(), "migrations applied (sqlite)");
+    assert!(
+        first
+            .err
+            .contains(&format!("database: SQLite file {}", db.display())),
+        "{}",
+        first.err
+    );
+    assert!(first.err.contains(&created), "{}", first.err);
+    assert!(files_in(cwd.path()).is_empty());
+
+    let again = run(assessd(cwd.path()).arg("migrate").env("DATABASE_URL", &url));
+    assert!(again.ok, "{}", again.err);
+    assert!(!again.err.contains("warning:"), "{}", again.err);
+
+    let file = cwd.path().join("colours.json");
+    std::fs::write(&file, crate::helpers::small_test(1, None).to_string()).unwrap();
+    let import = run(assessd(cwd.path())
+        .args(["tests", "import", "colours.json"])
+        .env("DATABASE_URL", &url));
+    assert!(import.ok, "{}", import.err);
+    assert_eq!(import.out.lines().count(), 1, "{}", import.out);
+    assert!(
+        import.err.contains(&db.display().to_string()),
+        "{}",
+        import.err
+    );
+    assert!(!import.err.contains("warning:"), "{}", import.err);
+
+    // Importing into a database that does not exist yet says so.
+    let elsewhere = run(assessd(cwd.path())
+        .args(["tests", "import", "colours.json"])
+        .env("DATABASE_URL", "sqlite:fresh.db"));
+    assert!(elsewhere.ok, "{}", elsewhere.err);
+    let fresh = cwd.path().join("fresh.db");
+    assert!(
+        elsewhere.err.contains(&format!(
+            "warning: created a new, empty SQLite database at {}",
+            fresh.display()
+        )),
+        "{}",
+        elsewhere.err
+    );
+}
+
+/// Kills the server when a test ends, passing or not.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` (a server on port 0), waits for the line it prints once it listens,
+/// stops it, and returns its log.
+fn serve_and_stop(command: &mut Command) -> String {
+    let mut server = Server(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("assessd starts"),
+    );
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut stderr = server.0.stderr.take().unwrap();
+    drop(server);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(line.starts_with("assessd listening on"), "{line}{log}");
+    log
+}
+
+#[test]
+fn serve_logs_its_database_and_secret() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("served").join("assessd.db");
+    let url = format!("sqlite://{}", db.display());
+    let secret_path = data.path().join("served").join(SECRET_FILE);
+
+    // No subcommand: the server options come from the environment.
+    let log = serve_and_stop(
+        assessd(cwd.path())
+            .env("ASSESSD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", &url),
+    );
+    for expected in [
+        format!("SQLite file {}", db.display()),
+        format!("created a new, empty SQLite database at {}", db.display()),
+        format!(
+            "created a new development secret at {}",
+            secret_path.display()
+        ),
+    ] {
+        assert!(log.contains(&expected), "{expected:?} not in\n{log}");
+    }
+    assert!(secret_path.is_file());
+    assert!(files_in(cwd.path()).is_empty());
+
+    let log = serve_and_stop(assessd(cwd.path()).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ]));
+    assert!(log.contains(&secret_path.display().to_string()), "{log}");
+    assert!(!log.contains("created a new"), "{log}");
+}
+
+#[test]
+fn each_subcommand_shows_only_its_own_flags() {
+    let cwd = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let result = run(assessd(cwd.path()).args(args));
+        assert!(result.ok, "{args:?}: {}", result.err);
+        result.out
+    };
+    let token = help(&["token", "--help"]);
+    for flag in [
+        "--sub",
+        "--ttl",
+        "--jwt-secret",
+        "--data-dir",
+        "--database-url",
+    ] {
+        assert!(token.contains(flag), "{flag} missing from\n{token}");
+    }
+    for flag in ["--bind", "--max-connections", "--db-pool"] {
+        assert!(!token.contains(flag), "{flag} in\n{token}");
+    }
+    for args in [&["tests", "import", "--help"][..], &["migrate", "--help"]] {
+        let text = help(args);
+        assert!(text.contains("--database-url"), "{text}");
+        for flag in ["--bind", "--jwt-secret", "--max-connections"] {
+            assert!(!text.contains(flag), "{args:?}: {flag} in\n{text}");
+        }
+    }
+    for args in [&["serve", "--help"][..], &["--help"]] {
+        let text = help(args);
+        for flag in ["--bind", "--max-connections", "--write-timeout-secs"] {
+            assert!(text.contains(flag), "{args:?}: {flag} missing from\n{text}");
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_postgres_says_why() {
+    let cwd = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let result = run(assessd(cwd.path())
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/x"));
+    let took = started.elapsed();
+    assert!(!result.ok);
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: {}",
+        result.err
+    );
+    assert!(result.err.contains("127.0.0.1:1/x"), "{}", result.err);
+    assert!(
+        result.err.to_lowercase().contains("refused"),
+        "{}",
+        result.err
+    );
+    assert!(!result.err.contains("hunter2"), "{}", result.err);
+    assert!(
+        result.err.contains("postgres://postgres:***@127.0.0.1:1/x"),
+        "{}",
+        result.err
+    );
+}
