@@ -48,6 +48,15 @@ enum RoleClaim {
     Many(Vec<Role>),
 }
 
+/// `aud` may be one audience or a list (identity providers often issue a list); the
+/// configured audience is checked by jsonwebtoken either way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum AudienceClaim {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -58,7 +67,7 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<AudienceClaim>,
 }
 
 /// Who is calling, as proven by their token.
@@ -237,7 +246,7 @@ impl JwtKeys {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(AudienceClaim::One),
         };
         let Some(encoding) = &self.encoding else {
             anyhow::bail!(
@@ -583,6 +592,15 @@ mod tests {
             .mint("alice", &[Role::Taker], Duration::from_secs(60))
             .unwrap();
         assert!(strict.verify(&good).is_ok());
+        // An audience list, as identity providers issue, is accepted when it names ours.
+        let listed = |aud: &[&str]| {
+            let claims = serde_json::json!({"sub": "alice", "role": "taker", "iss": "idp",
+                "aud": aud, "exp": jsonwebtoken::get_current_timestamp() + 60});
+            let key = EncodingKey::from_secret(secret.expose().as_bytes());
+            jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap()
+        };
+        assert!(strict.verify(&listed(&["other", "assessd"])).is_ok());
+        assert_eq!(strict.verify(&listed(&["other"])), Err(AuthError::Invalid));
     }
 
     fn sign(algorithm: Algorithm, key: &EncodingKey, sub: &str) -> String {
