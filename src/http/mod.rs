@@ -59,7 +59,9 @@ pub fn require(identity: &Identity, roles: &[Role]) -> Result<(), ApiError> {
     }
 }
 
-/// The list envelope of every list response.
+/// The list envelope of every list response. The OpenAPI document describes it once per
+/// item type (`TakerTestPage`, `TestDefinitionPage`, `AuditEventPage`): utoipa 5 would
+/// copy the item schema into a generic `Page<T>` instead of referring to it.
 pub fn list(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
     Json(json!({ "items": items, "next_cursor": next_cursor }))
 }
