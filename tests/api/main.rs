@@ -10,5 +10,6 @@ mod flow;
 mod http_api;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod snapshots;
 mod store;
