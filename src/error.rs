@@ -14,7 +14,7 @@ use crate::commands::CommandError;
 use crate::store::StoreError;
 
 /// The protocol's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -145,6 +145,29 @@ impl From<AuthError> for ClientError {
     fn from(err: AuthError) -> Self {
         ClientError::new(ErrorCode::Unauthorized, err.to_string())
     }
+}
+
+// Only the OpenAPI document uses the two types below: `ApiError::into_response` writes the
+// body with `json!`, and the API tests compare the two.
+
+/// The body of every error response.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Which error; the HTTP status follows from it (`bad_request` is 400, or 422 for a
+    /// refused test definition).
+    pub code: ErrorCode,
+    /// For people; never internal detail.
+    pub message: String,
+    /// Only on 422: the path of the field that refused the test definition, such as
+    /// `questions[1].answer`, or `body` for a JSON syntax error.
+    #[schema(nullable = false)]
+    pub field: Option<String>,
 }
 
 /// An HTTP API error: a [`ClientError`], or a refused test definition (422).

@@ -7,11 +7,12 @@ use axum::{Json, Router};
 use chrono::Utc;
 use domain::{Outcome, UserCommand};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::{require, Caller};
 use crate::auth::Role;
 use crate::commands::{self, Origin};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -22,6 +23,32 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `POST /api/admin/users/{user_id}/assessments/{assessment_id}/end`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
+    tag = "admin",
+    summary = "End an attempt in progress",
+    description = "Role: admin.\n\n\
+                   Records the attempt's completion with `reason: ended_by_admin`, scored \
+                   on what was answered. The user's open socket on this node receives \
+                   `ASSESSMENT_COMPLETED`. No request body.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["admin"]))),
+    params(
+        ("user_id" = String, Path, description = "The user (token `sub`) whose stream holds the attempt."),
+        ("assessment_id" = String, Path, description = "The attempt."),
+    ),
+    responses(
+        (status = 200, description = "The attempt is ended.", body = EndedAttempt),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has no admin role.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the user has no such attempt.", body = ErrorBody),
+        (status = 409, description = "`assessment_completed`: the attempt is already finished, or its time \
+                                      limit had passed (the expiry is then what got recorded); `conflict`: \
+                                      the stream kept changing, send again.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 async fn end_assessment(
     State(state): State<AppState>,
     Caller(identity): Caller,
@@ -52,4 +79,29 @@ async fn end_assessment(
             ),
         )),
     }
+}
+
+// The handler writes its reply with `json!`; this type only describes it for the OpenAPI
+// document, and the API tests compare the two.
+
+/// The reply of the `end` endpoint.
+#[derive(ToSchema)]
+pub struct EndedAttempt {
+    pub assessment_id: String,
+    pub status: EndedStatus,
+    pub reason: EndedReason,
+    /// The sequence of the recorded `AssessmentCompleted` event in the user's stream.
+    pub seq: u64,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum EndedStatus {
+    Completed,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum EndedReason {
+    EndedByAdmin,
 }

@@ -8,12 +8,13 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{list, require, Caller};
 use crate::auth::{Identity, Role};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::{self, AuditFilter};
+use crate::store::audit::{self, AuditEvent, AuditFilter};
 use crate::store::chain::{self, Verification};
 
 pub fn routes() -> Router<AppState> {
@@ -23,18 +24,41 @@ pub fn routes() -> Router<AppState> {
         .route("/api/audit/users/{user_id}/verify", get(audit_verify))
 }
 
-/// Query parameters of the audit endpoints (PROTOCOL section 3).
-#[derive(Debug, Default, Deserialize)]
+/// Query parameters of the audit endpoints (PROTOCOL section 3). The doc comments and
+/// `param` attributes are their OpenAPI description; any other parameter is refused (400).
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// Only this user's stream.
     user_id: Option<String>,
+    /// Only this attempt's events.
     assessment_id: Option<String>,
+    /// Only events of this test.
     test_id: Option<String>,
+    /// Only events of this type, such as `AnswerSubmitted`.
     event_type: Option<String>,
+    /// Only events recorded at or after this RFC 3339 time (inclusive).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Only events recorded before this RFC 3339 time (exclusive).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// The most events in one page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page; opaque.
     cursor: Option<String>,
+}
+
+// [`list`] writes the page with `json!`; this type only describes it.
+/// One page of audit events, in commit order.
+#[derive(ToSchema)]
+pub struct AuditEventPage {
+    pub items: Vec<AuditEvent>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -112,6 +136,26 @@ fn query_params(
 }
 
 /// `GET /api/audit/events`.
+#[utoipa::path(
+    get,
+    path = "/api/audit/events",
+    tag = "audit",
+    summary = "Events across users",
+    description = "Role: auditor or admin.\n\n\
+                   Events of every stream in commit order (`global_position`), filtered and \
+                   paged: follow `next_cursor` until it is null.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["auditor", "admin"]))),
+    params(AuditParams),
+    responses(
+        (status = 200, description = "One page of events.", body = AuditEventPage),
+        (status = 400, description = "`bad_request`: an unknown parameter, a bad time, a `limit` out of range, \
+                                      or a cursor this server did not give out.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 async fn audit_events(
     State(state): State<AppState>,
     Caller(identity): Caller,
@@ -122,6 +166,30 @@ async fn audit_events(
 }
 
 /// `GET /api/audit/users/{user_id}/events`: one user's stream in order.
+#[utoipa::path(
+    get,
+    path = "/api/audit/users/{user_id}/events",
+    tag = "audit",
+    summary = "One user's events",
+    description = "Role: auditor or admin.\n\n\
+                   One user's stream in sequence order, with the same filters and paging as \
+                   `GET /api/audit/events`; the path's `user_id` wins over the query's. To \
+                   read a whole stream, follow `next_cursor` until it is null.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["auditor", "admin"]))),
+    params(
+        ("user_id" = String, Path, description = "The user (token `sub`) whose stream to read."),
+        AuditParams,
+    ),
+    responses(
+        (status = 200, description = "One page of the stream's events.", body = AuditEventPage),
+        (status = 400, description = "`bad_request`: an unknown parameter, a bad time, a `limit` out of range, \
+                                      or a cursor this server did not give out.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 async fn audit_user_events(
     State(state): State<AppState>,
     Caller(identity): Caller,
@@ -135,6 +203,27 @@ async fn audit_user_events(
 }
 
 /// `GET /api/audit/users/{user_id}/verify`: recomputes the stream's hash chain.
+#[utoipa::path(
+    get,
+    path = "/api/audit/users/{user_id}/verify",
+    tag = "audit",
+    summary = "Check a stream's hash chain",
+    description = "Role: auditor or admin.\n\n\
+                   Recomputes the tamper-evidence hash chain of the user's stream from the \
+                   genesis hash, stopping at the first event that does not match or that \
+                   follows a gap. A user with no events verifies as ok with 0 events checked.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["auditor", "admin"]))),
+    params(
+        ("user_id" = String, Path, description = "The user (token `sub`) whose stream to check."),
+    ),
+    responses(
+        (status = 200, description = "The result; `ok` is false when the stream was altered.", body = Verification),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 async fn audit_verify(
     State(state): State<AppState>,
     Caller(identity): Caller,

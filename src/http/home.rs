@@ -7,8 +7,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -21,6 +22,17 @@ pub fn routes() -> Router<AppState> {
 
 /// A small page saying what runs here and where to go next, until the test-taker's page
 /// exists.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "home",
+    summary = "What is running here",
+    description = "A small HTML page with the version, the node id, the storage backend and \
+                   links to the other public endpoints. No token.",
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html; charset=utf-8"),
+    ),
+)]
 async fn index(State(state): State<AppState>) -> Html<String> {
     Html(format!(
         r#"<!doctype html>
@@ -55,10 +67,67 @@ fn html_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+// The handlers write these bodies with `json!`; the types below only describe them for the
+// OpenAPI document, and the API tests compare them with real replies.
+
+/// The body of `GET /healthz`.
+#[derive(ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+}
+
+/// The body of `GET /readyz` when the node is ready.
+#[derive(ToSchema)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    /// The event store's backend.
+    pub database: StorageBackend,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum StorageBackend {
+    Sqlite,
+    Postgres,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "home",
+    summary = "Liveness",
+    description = "The process is up and serving HTTP. No token; touches no database.",
+    responses(
+        (status = 200, description = "Alive.", body = Health),
+    ),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "home",
+    summary = "Readiness",
+    description = "The database answers and its migrations are applied. No token.",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Readiness),
+        (status = 503, description = "`unavailable`: \"database unreachable\" or \"migrations are not applied\".", body = ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.db.is_ready().await {
         Ok(true) => {
@@ -74,6 +143,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "home",
+    summary = "Prometheus metrics",
+    description = "OpenMetrics text, every metric prefixed `assessd_`: connections, messages in \
+                   and out by type, command duration, evictions, errors by code, refused \
+                   connections. No token.",
+    responses(
+        (status = 200, description = "The metrics.", body = String,
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    ),
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

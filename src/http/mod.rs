@@ -5,14 +5,18 @@
 //! - [`catalog`]: the tests a taker may take, and test definitions for admins.
 //! - [`admin`]: admin commands on a user's stream.
 //! - [`audit`]: the event history for auditors.
+//! - [`openapi`]: the OpenAPI description of all of the above, `GET /api/openapi.json`.
 //!
 //! Handlers check the caller's role, call the store or the command path, and shape JSON;
-//! every error goes through [`ApiError`].
+//! every error goes through [`ApiError`]. Each handler carries its `#[utoipa::path]`
+//! description, and a route added here must be listed in [`openapi::ApiDoc`] too (the API
+//! tests compare the routes in these files with the document).
 
 pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod home;
+pub mod openapi;
 pub mod socket;
 
 use axum::extract::FromRequestParts;
@@ -32,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .merge(catalog::routes())
         .merge(admin::routes())
         .merge(audit::routes())
+        .merge(openapi::routes())
         .fallback(not_found)
 }
 
@@ -59,7 +64,9 @@ pub fn require(identity: &Identity, roles: &[Role]) -> Result<(), ApiError> {
     }
 }
 
-/// The list envelope of every list response.
+/// The list envelope of every list response. The OpenAPI document describes it once per
+/// item type (`TakerTestPage`, `TestDefinitionPage`, `AuditEventPage`): utoipa 5 would
+/// copy the item schema into a generic `Page<T>` instead of referring to it.
 pub fn list(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
     Json(json!({ "items": items, "next_cursor": next_cursor }))
 }

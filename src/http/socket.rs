@@ -11,7 +11,7 @@ use axum::Router;
 
 use super::require;
 use crate::auth::{bearer_token, Identity, Role};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use crate::ws::session;
 
@@ -32,6 +32,33 @@ impl FromRequestParts<AppState> for SocketCaller {
     }
 }
 
+/// The WebSocket for test-takers. The checks run in this order: token (401), role (403),
+/// a valid upgrade request (400), the connection cap (503).
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "socket",
+    summary = "The test-taker's WebSocket",
+    description = "Role: taker.\n\n\
+                   Upgrades to a WebSocket carrying one JSON object per text frame. The \
+                   message protocol (client and server message types, error and close \
+                   codes, deadlines, rate limit, flow control) is described in \
+                   `docs/protocol.md` in the assessd repository, section 3; OpenAPI cannot \
+                   describe it.\n\n\
+                   The token goes in the `Authorization: Bearer` header or, for browsers, \
+                   which cannot set headers on a WebSocket, in the `access_token` query \
+                   parameter; the header wins when both are present. Every refusal happens \
+                   before the upgrade, as a plain HTTP response.",
+    security(("bearer" = []), ("access_token" = [])),
+    extensions(("x-roles" = json!(["taker"]))),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; the server sends `CONNECTED` first."),
+        (status = 400, description = "`bad_request`: not a valid WebSocket upgrade request.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has no taker role.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this node is at its connection cap (`ASSESSD_MAX_CONNECTIONS`); try again later.", body = ErrorBody),
+    ),
+)]
 async fn websocket(
     State(state): State<AppState>,
     SocketCaller(identity): SocketCaller,

@@ -22,17 +22,28 @@ pub struct AuditFilter {
     pub after: Option<i64>,
 }
 
-/// One event as an auditor sees it (PROTOCOL section 3).
-#[derive(Debug, Clone, Serialize)]
+/// One event as an auditor sees it (docs/protocol.md, section 4).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
+    /// The stream's user (the token `sub` of the test-taker).
     pub user_id: String,
+    /// The event's 1-based position in that stream.
     pub sequence: i64,
+    /// Such as `AssessmentStarted` or `AnswerSubmitted`.
     pub event_type: String,
+    /// The version of the event's shape, such as `1.0`.
     pub event_version: String,
+    /// The event's own fields (PROTOCOL section 5), without the stored `{"<event_type>": ...}`
+    /// wrapper.
     pub payload: Value,
+    /// String values: `node_id`, `actor`, `time`, `connection_id`, `request_id`, `hash`.
+    #[schema(value_type = Object)]
     pub metadata: Value,
+    /// When the database stored the event.
     pub recorded_at: DateTime<Utc>,
+    /// Unique id of the event.
     pub event_id: String,
+    /// Commit order across all streams.
     pub global_position: i64,
 }
 

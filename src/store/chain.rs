@@ -260,11 +260,17 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
     }
 }
 
-/// The result of checking one stream's chain (PROTOCOL section 3, `verify`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The result of checking one stream's chain (docs/protocol.md, section 5, "What verify
+/// reports").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verification {
+    /// True when every event's recorded hash matched the recomputed chain.
     pub ok: bool,
+    /// How many events were examined, the first bad one included.
     pub events_checked: u64,
+    /// The sequence of the first event that failed (a changed event, or one after a gap),
+    /// or null.
+    #[schema(required = true)]
     pub first_bad_sequence: Option<i64>,
 }
 

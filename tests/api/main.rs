@@ -11,5 +11,6 @@ mod flow;
 mod http_api;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod snapshots;
 mod store;
