@@ -89,7 +89,8 @@ impl Attempt {
         self.answers.iter().find(|a| a.question_id == question_id)
     }
 
-    fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+    /// In progress, but its deadline has passed: the next command will complete it.
+    pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
         self.is_in_progress() && self.deadline.is_some_and(|d| now >= d)
     }
 }

@@ -53,11 +53,15 @@ async fn list_tests(
     require(&identity, &[Role::Taker])?;
     let tests = state.catalog.list_latest().await?;
     let stream = state.streams.load(&identity.user_id).await?;
+    let now = chrono::Utc::now();
     let items = tests
         .iter()
         .map(|t| {
             let used = stream.attempts_used(&t.id);
-            let in_progress = stream.in_progress().is_some_and(|a| a.test_id == t.id);
+            // An attempt whose deadline passed unnoticed is over, though not yet recorded so.
+            let in_progress = stream
+                .in_progress()
+                .is_some_and(|a| a.test_id == t.id && !a.is_overdue(now));
             let status = if in_progress {
                 "in_progress"
             } else if used >= t.max_attempts {

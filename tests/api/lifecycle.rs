@@ -271,6 +271,18 @@ async fn ending_an_overdue_attempt_records_its_expiry(backend: Backend) {
     while std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The test list already counts it as over.
+    let (status, tests) = app
+        .get("/api/tests", &app.token("lee", assessd::auth::Role::Taker))
+        .await;
+    assert_eq!(status, 200);
+    let quick = tests["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "quick")
+        .unwrap();
+    assert_eq!(quick["status"], "completed", "{quick}");
     let response = app
         .http
         .post(app.url(&format!("/api/admin/users/lee/assessments/{id}/end")))
