@@ -45,6 +45,11 @@ impl Application {
             .await
             .with_context(|| format!("Failed to bind {}", settings.bind))?;
         let keys = settings.jwt_keys()?;
+        let projections = projections::Projections::new(db.for_projections());
+        projections
+            .prepare()
+            .await
+            .context("Failed to prepare the read models")?;
         let limits = settings.limits.clone();
         let state = AppState::new(Shared {
             streams: Streams::new(&db, settings.snapshot_every),
@@ -53,6 +58,7 @@ impl Application {
             keys,
             registry: Registry::new(limits.max_connections),
             metrics: Metrics::new(),
+            projections,
             rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
             limits,
             node_id: settings.node_id.clone(),
@@ -99,6 +105,14 @@ impl Application {
             shutdown.await;
             token.cancel();
         });
+        // The read models run until the sessions are done, so their last events are applied.
+        let projections_stop = CancellationToken::new();
+        let projections = tokio::spawn(
+            state
+                .projections
+                .clone()
+                .run(projections_stop.clone().cancelled_owned()),
+        );
         let router = router(state.clone());
         let stop = state.shutdown.clone();
         axum::serve(self.listener, router)
@@ -113,6 +127,13 @@ impl Application {
             tracing::warn!("some sessions did not finish within the shutdown grace period");
         }
         janitor.abort();
+        projections_stop.cancel();
+        if tokio::time::timeout(self.shutdown_grace, projections)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the read models did not stop within the shutdown grace period");
+        }
         state.db.close().await;
         tracing::info!("shut down");
         Ok(())

@@ -1,8 +1,8 @@
 //! The one command path. Every caller that changes a user's stream (their own socket, an
 //! admin endpoint, and later regrade jobs and timers) goes through [`execute`]: take the
 //! user's command lock, load the stream, let the domain decide, append under optimistic
-//! concurrency (a lost race is decided again), and tell the user's live session when
-//! someone else changed its stream. The domain's [`domain::Outcome`] says what happened, so
+//! concurrency (a lost race is decided again), wake the read models, and tell the user's
+//! live session when someone else changed its stream. The domain's [`domain::Outcome`] says what happened, so
 //! no caller works it out again from the events.
 //!
 //! **Invariant:** a session that has been replaced by a newer connection of its user
@@ -76,9 +76,12 @@ pub async fn execute(
         }
         state.streams.execute(user_id, command, &metadata).await?
     };
-    // The user's own session reports its outcome itself; anyone else's change is pushed.
-    if !committed.events.is_empty() && !matches!(origin, Origin::Session { .. }) {
-        state.registry.notify(user_id);
+    if !committed.events.is_empty() {
+        state.projections.nudge();
+        // The user's own session reports its outcome itself; anyone else's change is pushed.
+        if !matches!(origin, Origin::Session { .. }) {
+            state.registry.notify(user_id);
+        }
     }
     Ok(committed)
 }

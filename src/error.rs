@@ -118,6 +118,12 @@ impl From<DomainError> for ClientError {
     }
 }
 
+impl From<projections::ProjectionError> for ClientError {
+    fn from(err: projections::ProjectionError) -> Self {
+        ClientError::internal(&err)
+    }
+}
+
 impl From<StoreError> for ClientError {
     fn from(err: StoreError) -> Self {
         ClientError::internal(&err)

@@ -32,6 +32,8 @@ pub struct Shared {
     pub node_id: String,
     pub tutor: Arc<dyn Tutor>,
     pub rate: UserRateLimit,
+    /// The read models, kept caught up in the background.
+    pub projections: projections::Projections,
     /// Cancelled when the server shuts down; sessions then close with 1001.
     pub shutdown: CancellationToken,
     /// Every live session, so shutdown can wait for them to finish.

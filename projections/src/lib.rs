@@ -1,10 +1,48 @@
 //! # projections: read models fed by the event history
 //!
-//! Reserved for the projections issue: `assessment_summary`, `test_statistics`, each with
-//! its own tables and checkpoint in the global event order, updated in the same
-//! transaction as its rows, and rebuilt beside the live version before a swap.
+//! Each read model is a subscriber: it reads events after its own checkpoint in commit
+//! order ([`feed`]), applies them (pure code, no IO), and writes its rows and its new
+//! checkpoint in one transaction ([`checkpoint`]). Nothing but events goes in, so a view
+//! can always be rebuilt from the history.
 //!
-//! The core already provides what they need: the `events` table has a global position,
-//! the writing transaction id (PostgreSQL) and `recorded_at`, and events carry every value
-//! a view shows, so a projection never reads anything but events.
+//! ## Layout
+//! - [`db`]: the two supported backends.
+//! - [`feed`]: events in commit order after a [`feed::Position`]; on PostgreSQL only
+//!   below the oldest writer still running, so an event that commits late is never skipped.
+//! - [`checkpoint`]: where each projection stands, moved in the same transaction as its
+//!   rows, refusing a second runner that raced it.
+//! - [`assessments`]: one row per attempt (the test-taker's own history).
+//! - [`runner`]: keeps every projection caught up, one runner per projection across
+//!   processes, and lets a reader wait for its own writes.
 #![forbid(unsafe_code)]
+
+pub mod assessments;
+pub mod checkpoint;
+pub mod db;
+pub mod feed;
+pub mod runner;
+
+pub use db::Db;
+pub use feed::Position;
+pub use runner::Projections;
+
+use thiserror::Error;
+
+/// A projection failure. The detail is for logs; clients see `internal`.
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// An event row that does not read as an event: the projection stops rather than skip it.
+    #[error("event at position {position} of {user_id} could not be read: {reason}")]
+    BadEvent {
+        user_id: String,
+        position: i64,
+        reason: String,
+    },
+    /// Another runner moved the checkpoint first; this batch was rolled back.
+    #[error("projection {0} was advanced by another runner")]
+    Raced(String),
+    #[error("no projection named {0:?}")]
+    Unknown(String),
+}

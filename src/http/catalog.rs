@@ -35,7 +35,8 @@ pub fn routes() -> Router<AppState> {
     summary = "The tests a taker may take",
     description = "Role: taker.\n\n\
                    The latest version of every test, ordered by id, with the caller's \
-                   attempts used (over all versions) and status. Not paged: `next_cursor` is \
+                   attempts used (over all versions) and status, from the `assessments` read model after it \
+                   has applied the caller's latest event (waiting up to 2 s). Not paged: `next_cursor` is \
                    always null.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["taker"]))),
@@ -52,16 +53,27 @@ async fn list_tests(
 ) -> Result<Json<Value>, ApiError> {
     require(&identity, &[Role::Taker])?;
     let tests = state.catalog.list_latest().await?;
-    let stream = state.streams.load(&identity.user_id).await?;
+    let user_id = &identity.user_id;
+    if !state
+        .projections
+        .wait_for_user(user_id, super::me::READ_YOUR_WRITES)
+        .await?
+    {
+        tracing::warn!(
+            user_id,
+            "assessments read model is behind; answering with what it has"
+        );
+    }
+    let attempts = projections::assessments::of_user(&state.projections.db(), user_id).await?;
     let now = chrono::Utc::now();
     let items = tests
         .iter()
         .map(|t| {
-            let used = stream.attempts_used(&t.id);
+            let of_test = || attempts.iter().filter(|a| a.test_id == t.id);
+            let used = of_test().count() as u32;
             // An attempt whose deadline passed unnoticed is over, though not yet recorded so.
-            let in_progress = stream
-                .in_progress()
-                .is_some_and(|a| a.test_id == t.id && !a.is_overdue(now));
+            let in_progress =
+                of_test().any(|a| a.status == "in_progress" && a.deadline.is_none_or(|d| now < d));
             let status = if in_progress {
                 "in_progress"
             } else if used >= t.max_attempts {

@@ -3,6 +3,7 @@
 //! - [`home`]: `GET /`, health, readiness and metrics.
 //! - [`socket`]: the WebSocket upgrade at `/ws`.
 //! - [`catalog`]: the tests a taker may take, and test definitions for admins.
+//! - [`me`]: a test-taker's own attempts, from the read model.
 //! - [`admin`]: admin commands on a user's stream.
 //! - [`audit`]: the event history for auditors.
 //! - [`openapi`]: the OpenAPI description of all of the above, `GET /api/openapi.json`.
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod home;
+pub mod me;
 pub mod openapi;
 pub mod socket;
 
@@ -34,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .merge(home::routes())
         .merge(socket::routes())
         .merge(catalog::routes())
+        .merge(me::routes())
         .merge(admin::routes())
         .merge(audit::routes())
         .merge(openapi::routes())

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, audit, catalog, home, socket};
+use super::{admin, audit, catalog, home, me, socket};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -45,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         catalog::list_tests,
         catalog::admin_list_tests,
         catalog::admin_put_test,
+        me::my_assessments,
         admin::end_assessment,
         audit::audit_events,
         audit::audit_user_events,
@@ -56,6 +57,7 @@ pub fn routes() -> Router<AppState> {
         (name = "home", description = "What runs here, liveness, readiness and metrics. No token."),
         (name = "socket", description = "The test-taker's WebSocket."),
         (name = "catalog", description = "The tests a taker may take, and test definitions for admins."),
+        (name = "me", description = "A test-taker's own attempts."),
         (name = "admin", description = "Admin commands on a user's stream."),
         (name = "audit", description = "The event history, for auditors and admins."),
         (name = "openapi", description = "This document."),

@@ -256,6 +256,14 @@ impl Database {
         Ok(applied >= expected)
     }
 
+    /// The same pool, as the read models take it.
+    pub fn for_projections(&self) -> projections::Db {
+        match self {
+            Database::Sqlite(pool) => projections::Db::Sqlite(pool.clone()),
+            Database::Postgres(pool) => projections::Db::Postgres(pool.clone()),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Database::Sqlite(_) => "sqlite",

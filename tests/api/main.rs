@@ -12,5 +12,6 @@ mod http_api;
 mod lifecycle;
 mod limits;
 mod openapi;
+mod projections;
 mod snapshots;
 mod store;

@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/tests"),
     ("GET", "/api/admin/tests"),
     ("PUT", "/api/admin/tests/{test_id}"),
+    ("GET", "/api/me/assessments"),
     (
         "POST",
         "/api/admin/users/{user_id}/assessments/{assessment_id}/end",

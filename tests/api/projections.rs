@@ -1,0 +1,229 @@
+//! Read models: a test-taker sees the attempt they finished a moment ago, the view agrees
+//! with the events, and on PostgreSQL an event that commits late is not passed over.
+
+use std::time::Duration;
+
+use assessd::auth::Role;
+use assessd::store::streams::EventMetadata;
+use assessd::store::Database;
+use chrono::Utc;
+use domain::{UserCommand, UserEvent};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::{demo_answer, spawn_app, Backend};
+
+/// Finishing an attempt and asking for one's attempts at once shows it finished; so does
+/// the test list's count.
+async fn my_assessments_show_an_attempt_finished_a_moment_ago(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut ada = app.connect("ada").await;
+    let (started, mut question) = ada.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    let token = app.token("ada", Role::Taker);
+    let (status, mine) = app.get("/api/me/assessments", &token).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["items"][0]["status"], "in_progress", "{mine}");
+    loop {
+        let q = question["question_id"].as_str().unwrap().to_string();
+        let (_, _, next) = ada.answer(&id, &q, demo_answer(&q)).await;
+        if next["type"] == "ASSESSMENT_COMPLETED" {
+            break;
+        }
+        question = next;
+    }
+    // No waiting here: the read waits for the view to pass ada's own last event.
+    let (status, mine) = app.get("/api/me/assessments", &token).await;
+    assert_eq!(status, 200);
+    let items = mine["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{mine}");
+    let attempt = &items[0];
+    assert_eq!(attempt["assessment_id"], id.as_str());
+    assert_eq!(attempt["status"], "completed");
+    assert_eq!(attempt["answered"], 4);
+    assert_eq!(attempt["total_questions"], 4);
+    assert_eq!(attempt["passed"], true);
+    assert_eq!(attempt["reason"], "all_answered");
+    assert_eq!(attempt["score"], attempt["max_score"]);
+    assert!(attempt["completed_at"].is_string() && attempt["duration_secs"].is_number());
+    assert!(mine["next_cursor"].is_null());
+
+    let (_, tests) = app.get("/api/tests", &token).await;
+    let demo = tests["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "demo")
+        .unwrap();
+    assert_eq!(demo["attempts_used"], 1, "{demo}");
+    assert_eq!(demo["status"], "available", "{demo}");
+
+    // Another user sees none of it.
+    let (_, theirs) = app
+        .get("/api/me/assessments", &app.token("bob", Role::Taker))
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+    // Auditors and admins have no "own attempts" here.
+    let (status, _) = app
+        .get("/api/me/assessments", &app.token("a", Role::Auditor))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app.get("/api/me/assessments?limit=0", &token).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+/// Pages of one: the cursor walks every attempt once, oldest first.
+async fn my_assessments_page(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let metadata = EventMetadata {
+        node_id: "test".into(),
+        actor: "user:pat".into(),
+        ..Default::default()
+    };
+    let demo = app.state.catalog.latest("demo").await.unwrap().unwrap();
+    for i in 0..3 {
+        let start = UserCommand::StartAssessment {
+            test: demo.clone(),
+            assessment_id: format!("a{i}"),
+            question_order: demo.questions.iter().map(|q| q.id.clone()).collect(),
+            now: Utc::now(),
+        };
+        app.state
+            .streams
+            .execute("pat", start, &metadata)
+            .await
+            .unwrap();
+        let end = UserCommand::EndByAdmin {
+            assessment_id: format!("a{i}"),
+            now: Utc::now(),
+        };
+        app.state
+            .streams
+            .execute("pat", end, &metadata)
+            .await
+            .unwrap();
+    }
+    app.state.projections.nudge();
+    let token = app.token("pat", Role::Taker);
+    let mut seen = Vec::new();
+    let mut path = "/api/me/assessments?limit=1".to_string();
+    loop {
+        let (status, page) = app.get(&path, &token).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["assessment_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/me/assessments?limit=1&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a0", "a1", "a2"]);
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    my_assessments_show_an_attempt_finished_a_moment_ago,
+    my_assessments_page,
+);
+
+/// PostgreSQL numbers events at insert, not at commit. A transaction that inserted first
+/// and commits last must still be applied: the runner reads only below the oldest running
+/// writer, so it waits for it instead of passing it by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_commits_late_is_not_skipped() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let Database::Postgres(pool) = &app.state.db else {
+        unreachable!("a PostgreSQL test");
+    };
+    let started = |id: &str| UserEvent::AssessmentStarted {
+        assessment_id: id.into(),
+        test_id: "demo".into(),
+        test_version: 1,
+        title: "Demo".into(),
+        attempt: 1,
+        total_questions: 4,
+        max_score: 5.0,
+        pass_ratio: 0.6,
+        time_limit_secs: None,
+        deadline: None,
+        question_order: vec!["q1".into()],
+        started_at: Utc::now(),
+    };
+    // The slow writer inserts first (so it has the lower global position) and holds on.
+    let mut slow = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut held = slow.begin().await.unwrap();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) values ('user', 'slow', 1, 'AssessmentStarted', \
+         '1.0', $1, '{}')",
+    )
+    .bind(serde_json::to_value(started("s1")).unwrap())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    // A fast writer commits after it.
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) values ('user', 'fast', 1, 'AssessmentStarted', \
+         '1.0', $1, '{}')",
+    )
+    .bind(serde_json::to_value(started("f1")).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
+    let (slow_pos, fast_pos): (i64, i64) = sqlx::query_as(
+        "select (select global_position from events where aggregate_id = 'slow'), \
+                (select global_position from events where aggregate_id = 'fast')",
+    )
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+    assert!(slow_pos < fast_pos, "the held event has the lower position");
+
+    // While the slow writer runs, the runner may not pass it: not even the fast event,
+    // which is newer in commit order but would move the checkpoint past the slow one.
+    let projections = app.state.projections.clone();
+    projections.catch_up("assessments").await.unwrap();
+    let rows = |user: &'static str| {
+        let db = projections.db();
+        async move {
+            projections::assessments::of_user(&db, user)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(rows("slow").await, 0);
+    assert_eq!(
+        rows("fast").await,
+        0,
+        "the fast event waits behind the running writer"
+    );
+
+    held.commit().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        projections.catch_up("assessments").await.unwrap();
+        if rows("slow").await == 1 && rows("fast").await == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both events are applied once the slow writer commits"
+        );
+        tokio::task::yield_now().await;
+    }
+    app.stop().await;
+}
