@@ -59,6 +59,7 @@ impl Application {
             registry: Registry::new(limits.max_connections),
             metrics: Metrics::new(),
             projections,
+            jobs: Default::default(),
             rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
             limits,
             node_id: settings.node_id.clone(),

@@ -15,6 +15,7 @@
 //! - [`http`]: the HTTP API, one module per feature (home and health, the socket upgrade,
 //!   tests, admin, audit).
 //! - [`rate_limit`]: each user's message budget.
+//! - [`jobs`]: background jobs an admin follows (projection rebuilds).
 //! - [`registry`]: the live sessions of this node, one per user, their command locks, and
 //!   the connection cap.
 //! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
@@ -35,6 +36,7 @@ pub mod config;
 pub mod definitions;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod rate_limit;
 pub mod registry;

@@ -13,6 +13,10 @@ use serde::Serialize;
 use crate::feed::FeedEvent;
 
 pub const NAME: &str = "assessments";
+/// The live table; a rebuild writes a table of this name plus `_rebuild` beside it.
+pub const TABLE: &str = "assessments";
+/// The columns that identify a row (a rebuild's table needs them unique to upsert).
+pub const KEY: &str = "user_id, assessment_id";
 
 /// One attempt as the view holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -123,23 +127,31 @@ fn clamp(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-pub(crate) const SELECT: &str = "select user_id, assessment_id, test_id, test_version, title, \
-    attempt, status, answered, total_questions, score, max_score, passed, reason, started_at, \
-    deadline, completed_at, duration_secs from assessments";
+const COLUMNS: &str = "user_id, assessment_id, test_id, test_version, title, attempt, status, \
+    answered, total_questions, score, max_score, passed, reason, started_at, deadline, \
+    completed_at, duration_secs";
 
-pub(crate) const UPSERT: &str = "insert into assessments (user_id, assessment_id, test_id, \
-    test_version, title, attempt, status, answered, total_questions, score, max_score, passed, \
-    reason, started_at, deadline, completed_at, duration_secs) \
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-    on conflict (user_id, assessment_id) do update set status = excluded.status, \
-    answered = excluded.answered, score = excluded.score, passed = excluded.passed, \
-    reason = excluded.reason, completed_at = excluded.completed_at, \
-    duration_secs = excluded.duration_secs";
+/// Every column of `table`, in [`AssessmentRow`]'s order.
+pub(crate) fn select_sql(table: &str) -> String {
+    format!("select {COLUMNS} from {table}")
+}
 
-/// Loads the rows `events` touch, applies them, and writes the rows back, on an open
-/// transaction of either backend (`$conn` is `&mut` a connection).
+/// Inserts a row into `table`, or updates what can change of it.
+pub(crate) fn upsert_sql(table: &str) -> String {
+    format!(
+        "insert into {table} ({COLUMNS}) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         on conflict ({KEY}) do update set status = excluded.status, \
+         answered = excluded.answered, score = excluded.score, passed = excluded.passed, \
+         reason = excluded.reason, completed_at = excluded.completed_at, \
+         duration_secs = excluded.duration_secs"
+    )
+}
+
+/// Loads the rows `events` touch from `$table`, applies them, and writes the rows back, on
+/// an open transaction of either backend (`$conn` is `&mut` a connection).
 macro_rules! apply_batch {
-    ($conn:expr, $events:expr) => {{
+    ($conn:expr, $table:expr, $events:expr) => {{
         let events: &[$crate::feed::FeedEvent] = $events;
         let mut rows = $crate::assessments::Rows::new();
         let keys: std::collections::BTreeSet<(String, String)> = events
@@ -148,8 +160,9 @@ macro_rules! apply_batch {
             .collect();
         let select = format!(
             "{} where user_id = $1 and assessment_id = $2",
-            $crate::assessments::SELECT
+            $crate::assessments::select_sql($table)
         );
+        let upsert = $crate::assessments::upsert_sql($table);
         for (user_id, assessment_id) in &keys {
             let row: Option<$crate::assessments::AssessmentRow> = sqlx::query_as(&select)
                 .bind(user_id)
@@ -164,7 +177,7 @@ macro_rules! apply_batch {
             $crate::assessments::apply(&mut rows, event);
         }
         for row in rows.values() {
-            sqlx::query($crate::assessments::UPSERT)
+            sqlx::query(&upsert)
                 .bind(&row.user_id)
                 .bind(&row.assessment_id)
                 .bind(&row.test_id)
@@ -197,8 +210,20 @@ pub async fn of_user(
     db: &crate::Db,
     user_id: &str,
 ) -> Result<Vec<AssessmentRow>, crate::ProjectionError> {
-    let sql = format!("{SELECT} where user_id = $1 order by started_at, assessment_id");
+    let sql = format!(
+        "{} where user_id = $1 order by started_at, assessment_id",
+        select_sql(TABLE)
+    );
     Ok(crate::on_db!(db, pool => sqlx::query_as(&sql).bind(user_id).fetch_all(pool).await?))
+}
+
+/// Every row of the view, in key order (to compare a view with a rebuilt one).
+///
+/// # Errors
+/// A database error.
+pub async fn all(db: &crate::Db) -> Result<Vec<AssessmentRow>, crate::ProjectionError> {
+    let sql = format!("{} order by {KEY}", select_sql(TABLE));
+    Ok(crate::on_db!(db, pool => sqlx::query_as(&sql).fetch_all(pool).await?))
 }
 
 #[cfg(test)]

@@ -103,6 +103,32 @@ pub async fn last_of_user(db: &Db, user_id: &str) -> Result<Option<Position>, Pr
     Ok(row.map(|(tx, global)| Position { tx, global }))
 }
 
+/// How many events come after `after` in commit order and are readable now: how far a
+/// projection at `after` is behind.
+///
+/// # Errors
+/// A database error.
+pub async fn count_after(db: &Db, after: Position) -> Result<i64, ProjectionError> {
+    Ok(match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(
+            "select count(*) from events where aggregate_type = 'user' and global_position > $1",
+        )
+        .bind(after.global)
+        .fetch_one(pool)
+        .await?,
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(
+                "select count(*) from events where aggregate_type = 'user' \
+                 and (transaction_id, global_position) > ($1::text::xid8, $2)",
+            )
+            .bind(after.tx.to_string())
+            .bind(after.global)
+            .fetch_one(pool)
+            .await?
+        }
+    })
+}
+
 /// How many events are in the history at all (for progress and lag).
 ///
 /// # Errors

@@ -12,6 +12,8 @@
 //! - [`checkpoint`]: where each projection stands, moved in the same transaction as its
 //!   rows, refusing a second runner that raced it.
 //! - [`assessments`]: one row per attempt (the test-taker's own history).
+//! - [`rebuild`]: a projection rebuilt from the first event beside the live one, then
+//!   swapped in within one transaction.
 //! - [`runner`]: keeps every projection caught up, one runner per projection across
 //!   processes, and lets a reader wait for its own writes.
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod assessments;
 pub mod checkpoint;
 pub mod db;
 pub mod feed;
+pub mod rebuild;
 pub mod runner;
 
 pub use db::Db;
@@ -43,6 +46,9 @@ pub enum ProjectionError {
     /// Another runner moved the checkpoint first; this batch was rolled back.
     #[error("projection {0} was advanced by another runner")]
     Raced(String),
+    /// A rebuild of this projection is already running.
+    #[error("a rebuild of projection {0} is already running")]
+    Busy(String),
     #[error("no projection named {0:?}")]
     Unknown(String),
 }

@@ -41,6 +41,9 @@ struct Inner {
     applied: watch::Sender<u64>,
     /// The PostgreSQL connection holding this process's advisory locks, and which.
     locks: Mutex<Locks>,
+    /// One catch-up at a time in this process (the background loop, a reader's nudge, a
+    /// test), so they do not race each other for the same batch.
+    catching_up: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -57,6 +60,7 @@ impl Projections {
                 wake: Notify::new(),
                 applied: watch::channel(0).0,
                 locks: Mutex::new(Locks::default()),
+                catching_up: Mutex::new(()),
             }),
         }
     }
@@ -123,9 +127,16 @@ impl Projections {
         if !self.lock(name).await? {
             return Ok(0);
         }
+        let _turn = self.inner.catching_up.lock().await;
         let mut total = 0;
         loop {
-            let applied = self.step(name).await?;
+            let applied = match self.step(name).await {
+                Ok(applied) => applied,
+                // Someone else (a rebuild's swap, another process) moved the checkpoint
+                // first: read it again and go on from there.
+                Err(ProjectionError::Raced(_)) => continue,
+                Err(e) => return Err(e),
+            };
             if applied == 0 {
                 return Ok(total);
             }
@@ -147,7 +158,7 @@ impl Projections {
         macro_rules! in_transaction {
             ($tx:ident) => {{
                 if name == assessments::NAME {
-                    assessments::apply_batch!(&mut *$tx, &events);
+                    assessments::apply_batch!(&mut *$tx, assessments::TABLE, &events);
                 }
                 let moved = sqlx::query(ADVANCE)
                     .bind(to.tx)

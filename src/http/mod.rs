@@ -4,6 +4,7 @@
 //! - [`socket`]: the WebSocket upgrade at `/ws`.
 //! - [`catalog`]: the tests a taker may take, and test definitions for admins.
 //! - [`me`]: a test-taker's own attempts, from the read model.
+//! - [`projections`]: the read models for admins: state, lag, rebuild jobs.
 //! - [`admin`]: admin commands on a user's stream.
 //! - [`audit`]: the event history for auditors.
 //! - [`openapi`]: the OpenAPI description of all of the above, `GET /api/openapi.json`.
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod home;
 pub mod me;
 pub mod openapi;
+pub mod projections;
 pub mod socket;
 
 use axum::extract::FromRequestParts;
@@ -37,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .merge(socket::routes())
         .merge(catalog::routes())
         .merge(me::routes())
+        .merge(projections::routes())
         .merge(admin::routes())
         .merge(audit::routes())
         .merge(openapi::routes())

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, audit, catalog, home, me, socket};
+use super::{admin, audit, catalog, home, me, projections, socket};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -46,6 +46,9 @@ pub fn routes() -> Router<AppState> {
         catalog::admin_list_tests,
         catalog::admin_put_test,
         me::my_assessments,
+        projections::list_projections,
+        projections::rebuild_projection,
+        projections::get_job,
         admin::end_assessment,
         audit::audit_events,
         audit::audit_user_events,
@@ -58,6 +61,7 @@ pub fn routes() -> Router<AppState> {
         (name = "socket", description = "The test-taker's WebSocket."),
         (name = "catalog", description = "The tests a taker may take, and test definitions for admins."),
         (name = "me", description = "A test-taker's own attempts."),
+        (name = "projections", description = "The read models: state, lag, rebuilds and their jobs."),
         (name = "admin", description = "Admin commands on a user's stream."),
         (name = "audit", description = "The event history, for auditors and admins."),
         (name = "openapi", description = "This document."),

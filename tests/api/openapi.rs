@@ -24,6 +24,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/tests"),
     ("PUT", "/api/admin/tests/{test_id}"),
     ("GET", "/api/me/assessments"),
+    ("GET", "/api/admin/projections"),
+    ("POST", "/api/admin/projections/{name}/rebuild"),
+    ("GET", "/api/admin/jobs/{job_id}"),
     (
         "POST",
         "/api/admin/users/{user_id}/assessments/{assessment_id}/end",

@@ -8,6 +8,7 @@ use assessd::store::streams::EventMetadata;
 use assessd::store::Database;
 use chrono::Utc;
 use domain::{UserCommand, UserEvent};
+use projections::assessments::AssessmentRow;
 use serde_json::json;
 use sqlx::Connection;
 
@@ -227,3 +228,219 @@ async fn an_event_that_commits_late_is_not_skipped() {
     }
     app.stop().await;
 }
+
+/// Returns once the live view has applied every recorded event. On PostgreSQL the feed
+/// stops below the oldest transaction running anywhere on the server (other tests' too),
+/// so one catch-up may apply less than everything: look again until nothing is left.
+async fn caught_up(state: &assessd::state::AppState) {
+    let db = state.projections.db();
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        state.projections.catch_up("assessments").await.unwrap();
+        let checkpoint = projections::checkpoint::read(&db, "assessments")
+            .await
+            .unwrap();
+        let left = projections::feed::count_after(&db, checkpoint.position)
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the view never caught up"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The rows of the live view once it has applied every event.
+async fn caught_up_rows(app: &crate::helpers::TestApp) -> Vec<AssessmentRow> {
+    caught_up(&app.state).await;
+    projections::assessments::all(&app.state.projections.db())
+        .await
+        .unwrap()
+}
+
+/// A rebuild started while test-takers answer ends with the view a quiet rebuild from
+/// scratch gives, and no answer recorded meanwhile is missing.
+async fn a_rebuild_during_live_answering_equals_a_quiet_one(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token("root", Role::Admin);
+    // Some history before the rebuild starts.
+    let takers: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = app.addr;
+            let token = app.token(&format!("live{i}"), Role::Taker);
+            tokio::spawn(async move {
+                let mut client = crate::helpers::ws_connect(addr, &token).await.unwrap();
+                client.recv_type("CONNECTED").await;
+                for _ in 0..3 {
+                    let (started, mut question) = client.start("demo").await;
+                    let id = started["assessment_id"].as_str().unwrap().to_string();
+                    loop {
+                        let q = question["question_id"].as_str().unwrap().to_string();
+                        let (_, _, next) = client.answer(&id, &q, demo_answer(&q)).await;
+                        if next["type"] == "ASSESSMENT_COMPLETED" {
+                            break;
+                        }
+                        question = next;
+                    }
+                }
+            })
+        })
+        .collect();
+    let response = app
+        .http
+        .post(app.url("/api/admin/projections/assessments/rebuild"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: serde_json::Value = response.json().await.unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    // Follow the job to its end, as an admin would.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    let finished = loop {
+        let (status, job) = app.get(&format!("/api/admin/jobs/{job_id}"), &admin).await;
+        assert_eq!(status, 200, "{job}");
+        if job["status"] != "running" {
+            break job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rebuild never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(finished["status"], "done", "{finished}");
+    for taker in takers {
+        taker.await.expect("taker finished");
+    }
+    let live = caught_up_rows(&app).await;
+    assert_eq!(live.len(), 6 * 3, "every attempt is in the view");
+    let history = projections::feed::count_all(&app.state.projections.db())
+        .await
+        .unwrap();
+    assert!(
+        finished["events_total"].as_i64().unwrap() < history,
+        "answers were recorded while the rebuild ran: {finished}, {history} events now"
+    );
+    assert!(live
+        .iter()
+        .all(|r| r.status == "completed" && r.answered == 4));
+
+    // A quiet rebuild from scratch gives the same rows.
+    projections::rebuild::rebuild(&app.state.projections.db(), "assessments", |_| {})
+        .await
+        .unwrap();
+    let quiet = projections::assessments::all(&app.state.projections.db())
+        .await
+        .unwrap();
+    assert_eq!(live, quiet);
+
+    let (status, list) = app.get("/api/admin/projections", &admin).await;
+    assert_eq!(status, 200, "{list}");
+    let view = &list["items"][0];
+    assert_eq!(view["name"], "assessments");
+    assert_eq!(view["lag"], 0, "{view}");
+    assert!(view["last_rebuilt_at"].is_string(), "{view}");
+    app.stop().await;
+}
+
+/// Unknown projections and jobs are 404; only admins see any of it.
+async fn projection_admin_endpoints_refuse_what_they_must(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token("root", Role::Admin);
+    let post = |path: &str, token: &str| {
+        app.http
+            .post(app.url(path))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(
+        post("/api/admin/projections/nope/rebuild", &admin)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(app.get("/api/admin/jobs/nope", &admin).await.0, 404);
+    let auditor = app.token("a", Role::Auditor);
+    assert_eq!(app.get("/api/admin/projections", &auditor).await.0, 403);
+    assert_eq!(
+        post("/api/admin/projections/assessments/rebuild", &auditor)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(
+    a_rebuild_during_live_answering_equals_a_quiet_one,
+    projection_admin_endpoints_refuse_what_they_must,
+);
+
+/// For random histories of a few users, the view kept up to date event by event equals
+/// the view rebuilt from scratch. `PROPTEST_CASES` sets the number of cases.
+async fn the_live_view_equals_the_rebuilt_one(backend: Backend) {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let handle = tokio::runtime::Handle::current();
+    let state = app.state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let histories =
+            prop::collection::vec(prop::collection::vec(crate::snapshots::step(), 1..25), 1..4);
+        runner.run(&histories, |histories| {
+            handle.block_on(async {
+                let case = uuid::Uuid::new_v4().simple().to_string();
+                for (i, steps) in histories.iter().enumerate() {
+                    crate::snapshots::drive(&state.streams, &format!("{case}-{i}"), steps)
+                        .await
+                        .map_err(TestCaseError::fail)?;
+                    // Apply as it goes, so the live view is built in many small batches.
+                    caught_up(&state).await;
+                }
+                let db = state.projections.db();
+                let live = projections::assessments::all(&db)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                projections::rebuild::rebuild(&db, "assessments", |_| {})
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let rebuilt = projections::assessments::all(&db)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(live, rebuilt);
+                Ok(())
+            })
+        })
+    })
+    .await
+    .expect("proptest task");
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    app.stop().await;
+}
+
+crate::on_both_backends!(the_live_view_equals_the_rebuilt_one);

@@ -1,0 +1,235 @@
+//! Rebuilding a projection from the first event, beside the live one.
+//!
+//! The new version is written to a table of its own (`<table>_rebuild`) from position
+//! zero, in batches, while the live view keeps serving and keeps being updated. Once it has
+//! caught up, one transaction puts it in place of the live table and moves the checkpoint
+//! to where it stands; the runner then goes on from there. Readers see the old view or the
+//! new one, never a half-built one, and an event recorded during the rebuild is applied by
+//! the rebuild or, after the swap, by the runner.
+//!
+//! - PostgreSQL: the new table is created `like` the live one (columns, keys, indexes) and
+//!   swapped in by rename, under an exclusive lock on the live table taken before the
+//!   checkpoint row, in the same order as a runner's batch, so the two cannot deadlock.
+//! - SQLite: the new table gets the live one's columns and a unique key, and the swap copies
+//!   its rows into the live table inside one write transaction (readers keep seeing the
+//!   old rows until it commits).
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::Connection;
+
+use crate::feed::{self, Position};
+use crate::{assessments, Db, ProjectionError};
+
+/// Events applied per transaction while rebuilding: larger than a live batch, since no
+/// reader waits on these.
+const BATCH: i64 = 5_000;
+
+/// How far a rebuild has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub events_done: u64,
+    /// The events in the history when the rebuild started (more may arrive meanwhile).
+    pub events_total: u64,
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub name: String,
+    pub events: u64,
+    pub took: Duration,
+    pub position: Position,
+}
+
+/// Rebuilds `name` from the first event and swaps it in, calling `progress` after every
+/// batch.
+///
+/// # Errors
+/// [`ProjectionError::Unknown`] for a name that is not a projection; a database error or
+/// an unreadable event (then the live view is left as it was).
+pub async fn rebuild(
+    db: &Db,
+    name: &str,
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<Report, ProjectionError> {
+    let (table, key) = match name {
+        assessments::NAME => (assessments::TABLE, assessments::KEY),
+        other => return Err(ProjectionError::Unknown(other.to_string())),
+    };
+    let shadow = format!("{table}_rebuild");
+    let started = Instant::now();
+    // One rebuild of a projection at a time across processes (PostgreSQL); the guard is
+    // a session lock on a connection that lives as long as this rebuild.
+    let _guard = match db {
+        Db::Postgres(pool) => {
+            let mut conn = pool.acquire().await?.detach();
+            let taken: bool = sqlx::query_scalar(
+                "select pg_try_advisory_lock(hashtext('assessd.rebuild'), hashtext($1))",
+            )
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+            if !taken {
+                let _ = conn.close().await;
+                return Err(ProjectionError::Busy(name.to_string()));
+            }
+            Some(conn)
+        }
+        Db::Sqlite(_) => None,
+    };
+    let events_total = feed::count_all(db).await?.max(0) as u64;
+    create_shadow(db, table, &shadow, key).await?;
+    let mut position = Position::default();
+    let mut done = 0u64;
+    progress(Progress {
+        events_done: 0,
+        events_total,
+    });
+    loop {
+        let events = feed::after(db, position, BATCH).await?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        position = last.position;
+        match db {
+            // IMMEDIATE: a batch reads rows, then writes them; a deferred transaction would
+            // be refused at the first write if another writer committed in between.
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("begin immediate").await?;
+                assessments::apply_batch!(&mut *tx, &shadow, &events);
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                assessments::apply_batch!(&mut *tx, &shadow, &events);
+                tx.commit().await?;
+            }
+        }
+        done += events.len() as u64;
+        progress(Progress {
+            events_done: done,
+            events_total: events_total.max(done),
+        });
+        if (events.len() as i64) < BATCH {
+            break;
+        }
+    }
+    swap(db, name, table, &shadow, position, done).await?;
+    Ok(Report {
+        name: name.to_string(),
+        events: done,
+        took: started.elapsed(),
+        position,
+    })
+}
+
+/// A fresh, empty table beside `table`, with its columns and a unique `key`. A table left
+/// by an interrupted rebuild is dropped first.
+async fn create_shadow(
+    db: &Db,
+    table: &str,
+    shadow: &str,
+    key: &str,
+) -> Result<(), ProjectionError> {
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin_with("begin immediate").await?;
+            sqlx::query(&format!("drop table if exists {shadow}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "create table {shadow} as select * from {table} where 0"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "create unique index {shadow}_key on {shadow} ({key})"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!("drop table if exists {shadow}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "create table {shadow} (like {table} including all)"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the rebuilt table in place of the live one and moves the checkpoint to where the
+/// rebuild stands, in one transaction.
+async fn swap(
+    db: &Db,
+    name: &str,
+    table: &str,
+    shadow: &str,
+    position: Position,
+    events: u64,
+) -> Result<(), ProjectionError> {
+    const CHECKPOINT: &str = "update projection_checkpoints set tx = $1, position = $2, \
+        events_applied = $3, last_rebuilt_at = $4, updated_at = $4 where name = $5";
+    let now = Utc::now();
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin_with("begin immediate").await?;
+            sqlx::query(&format!("delete from {table}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("insert into {table} select * from {shadow}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("drop table {shadow}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(CHECKPOINT)
+                .bind(position.tx)
+                .bind(position.global)
+                .bind(events as i64)
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Db::Postgres(pool) => {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            // The table first, then the checkpoint row: the order a runner's batch takes
+            // them in, so the swap waits for a batch in flight instead of deadlocking.
+            sqlx::query(&format!("lock table {table} in access exclusive mode"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("select name from projection_checkpoints where name = $1 for update")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("drop table {table}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("alter table {shadow} rename to {table}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(CHECKPOINT)
+                .bind(position.tx)
+                .bind(position.global)
+                .bind(events as i64)
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
