@@ -1,21 +1,27 @@
-//! The event history for auditors and admins: filtered listing with cursor paging, one
-//! user's stream, and the tamper-evidence check of a stream.
+//! The event history for auditors and admins: the filtered listing in commit order with
+//! cursor paging, or all of it as an NDJSON export; one user's stream; and the
+//! tamper-evidence check of a stream.
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{list, require, Caller};
 use crate::auth::{Identity, Role};
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::{self, AuditEvent, AuditFilter};
+use crate::store::audit::{self, AuditEvent, AuditFilter, Scan};
 use crate::store::chain::{self, Verification};
+use crate::store::Database;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -24,7 +30,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/audit/users/{user_id}/verify", get(audit_verify))
 }
 
-/// Query parameters of the audit endpoints (PROTOCOL section 3). The doc comments and
+/// The media type of the export.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Query parameters of the audit event endpoints (PROTOCOL section 3). The doc comments and
 /// `param` attributes are their OpenAPI description; any other parameter is refused (400).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -44,10 +53,11 @@ struct AuditParams {
     /// Only events recorded before this RFC 3339 time (exclusive).
     #[param(format = DateTime)]
     to: Option<String>,
-    /// The most events in one page.
+    /// The most events in one page. Not with `Accept: application/x-ndjson`.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
-    /// The `next_cursor` of the previous page; opaque.
+    /// The `next_cursor` of the previous page; opaque. Not with
+    /// `Accept: application/x-ndjson`.
     cursor: Option<String>,
 }
 
@@ -63,76 +73,137 @@ pub struct AuditEventPage {
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
+/// Events fetched per query of an export: the most the export holds in memory at once.
+const EXPORT_BATCH: i64 = 1000;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
 
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("{name} must be an RFC 3339 time"),
-                    )
-                })
+                .map_err(|_| bad_request(format!("{name} must be an RFC 3339 time")))
         })
         .transpose()
 }
 
-/// The cursor is opaque to clients; inside it is the last global position returned.
-fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
-    cursor
-        .map(|c| {
-            c.strip_prefix('g')
-                .and_then(|n| n.parse::<i64>().ok())
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::BadRequest,
-                        "cursor is not one this server gave out",
-                    )
-                })
-        })
-        .transpose()
-}
-
-/// One page of events; the caller's role is checked by the caller of this function.
-async fn audit_page(state: &AppState, params: AuditParams) -> Result<Json<Value>, ApiError> {
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
-    }
-    let filter = AuditFilter {
-        user_id: params.user_id,
-        assessment_id: params.assessment_id,
-        test_id: params.test_id,
-        event_type: params.event_type,
-        from: time_param("from", params.from.as_deref())?,
-        to: time_param("to", params.to.as_deref())?,
-        after: decode_cursor(params.cursor.as_deref())?,
-    };
-    let mut events = audit::events(&state.db, &filter, limit + 1).await?;
-    let more = events.len() as i64 > limit;
-    events.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| events.last().map(|e| format!("g{}", e.global_position)))
-        .flatten();
-    let items = events
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
-        .collect();
-    Ok(list(items, next_cursor))
-}
-
-fn query_params(
-    params: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<AuditParams, ApiError> {
+fn query_params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params
         .map(|Query(p)| p)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+        .map_err(|e| bad_request(e.body_text()))
+}
+
+/// Whether the caller asked for the NDJSON export: `Accept` names `application/x-ndjson`
+/// with a non-zero quality.
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            media.eq_ignore_ascii_case(NDJSON) && !refused
+        })
+}
+
+/// The events of `params`, as one page or, when asked for, as the NDJSON export; the
+/// caller's role is checked by the caller of this function.
+async fn audit_listing(
+    state: &AppState,
+    params: AuditParams,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let export = wants_ndjson(headers);
+    if export && (params.limit.is_some() || params.cursor.is_some()) {
+        return Err(bad_request(
+            "the NDJSON export has no pages: limit and cursor do not apply to it",
+        ));
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let filter = AuditFilter {
+        user_id: params.user_id.clone(),
+        assessment_id: params.assessment_id.clone(),
+        test_id: params.test_id.clone(),
+        event_type: params.event_type.clone(),
+        from: time_param("from", params.from.as_deref())?,
+        to: time_param("to", params.to.as_deref())?,
+    };
+    let scan = Scan::new(&state.db, filter, params.cursor.as_deref())?;
+    if export {
+        return export_ndjson(&state.db, scan).await;
+    }
+    let mut listed = scan.fetch(&state.db, limit + 1).await?;
+    let more = listed.len() as i64 > limit;
+    listed.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| listed.last().map(|l| scan.cursor_after(&l.position)))
+        .flatten();
+    let items = listed
+        .iter()
+        .map(|l| serde_json::to_value(&l.event).map_err(|e| ClientError::internal(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(list(items, next_cursor).into_response())
+}
+
+/// Streams every event of `scan`, one JSON object per line, in the listing's order. The
+/// end is fixed first ([`Scan::freeze`]), then events are fetched in keyset-paged batches
+/// of [`EXPORT_BATCH`], each written out before the next is fetched: memory does not grow
+/// with the export, and no database connection is held while the client reads.
+///
+/// The first batch is fetched before the reply starts, so a failing database is a plain
+/// 500. A failure later can only cut the body short: the chunked reply then lacks its
+/// final chunk, so a client cannot take a broken export for a complete one.
+async fn export_ndjson(db: &Database, mut scan: Scan) -> Result<Response, ApiError> {
+    scan.freeze(db).await?;
+    let first = scan.fetch(db, EXPORT_BATCH).await?;
+    struct Export {
+        db: Database,
+        scan: Scan,
+        next: Option<Vec<audit::Listed>>,
+        done: bool,
+    }
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let start = Export {
+        db: db.clone(),
+        scan,
+        next: Some(first),
+        done: false,
+    };
+    let lines = futures_util::stream::try_unfold(start, |mut export| async move {
+        let batch = match export.next.take() {
+            Some(batch) => batch,
+            None if export.done => return Ok::<_, BoxError>(None),
+            None => export.scan.fetch(&export.db, EXPORT_BATCH).await?,
+        };
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        // A short batch is the last: the end was fixed before the first.
+        export.done = (batch.len() as i64) < EXPORT_BATCH;
+        export.scan.advance(&last.position);
+        let mut chunk = Vec::with_capacity(batch.len() * 512);
+        for listed in &batch {
+            serde_json::to_writer(&mut chunk, &listed.event)?;
+            chunk.push(b'\n');
+        }
+        Ok(Some((Bytes::from(chunk), export)))
+    })
+    .inspect_err(|e| tracing::error!(error = %e, "NDJSON export cut short"));
+    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response())
 }
 
 /// `GET /api/audit/events`.
@@ -142,15 +213,26 @@ fn query_params(
     tag = "audit",
     summary = "Events across users",
     description = "Role: auditor or admin.\n\n\
-                   Events of every stream in commit order (`global_position`), filtered and \
-                   paged: follow `next_cursor` until it is null.",
+                   Events of every stream in commit order, filtered and paged: follow \
+                   `next_cursor` until it is null. With a `user_id` filter, the order is that \
+                   stream's sequence. On PostgreSQL the listing shows only events of \
+                   transactions older than the oldest one still running, so a transaction \
+                   that commits late is never passed over: a transaction held open delays \
+                   the events after it (and only those) until it ends.\n\n\
+                   With `Accept: application/x-ndjson`, every matching event committed when \
+                   the request arrived is streamed instead, one JSON object (an `AuditEvent`) \
+                   per line, in the same order; `limit` and `cursor` are then refused.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(AuditParams),
     responses(
-        (status = 200, description = "One page of events.", body = AuditEventPage),
+        (status = 200, description = "One page of events, or the NDJSON export.", content(
+            (AuditEventPage = "application/json"),
+            (AuditEvent = "application/x-ndjson"),
+        )),
         (status = 400, description = "`bad_request`: an unknown parameter, a bad time, a `limit` out of range, \
-                                      or a cursor this server did not give out.", body = ErrorBody),
+                                      a cursor this server did not give out for this query, or `limit` or \
+                                      `cursor` with the NDJSON export.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
         (status = 500, description = "`internal`.", body = ErrorBody),
@@ -159,10 +241,12 @@ fn query_params(
 async fn audit_events(
     State(state): State<AppState>,
     Caller(identity): Caller,
+    headers: HeaderMap,
     params: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require_auditor(&identity)?;
-    audit_page(&state, query_params(params)?).await
+    let params = query_params(params)?;
+    audit_listing(&state, params, &headers).await
 }
 
 /// `GET /api/audit/users/{user_id}/events`: one user's stream in order.
@@ -172,9 +256,10 @@ async fn audit_events(
     tag = "audit",
     summary = "One user's events",
     description = "Role: auditor or admin.\n\n\
-                   One user's stream in sequence order, with the same filters and paging as \
-                   `GET /api/audit/events`; the path's `user_id` wins over the query's. To \
-                   read a whole stream, follow `next_cursor` until it is null.",
+                   One user's stream in sequence order, with the same filters, paging and \
+                   NDJSON export as `GET /api/audit/events`; the path's `user_id` wins over \
+                   the query's. To read a whole stream, follow `next_cursor` until it is \
+                   null.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(
@@ -182,9 +267,13 @@ async fn audit_events(
         AuditParams,
     ),
     responses(
-        (status = 200, description = "One page of the stream's events.", body = AuditEventPage),
+        (status = 200, description = "One page of the stream's events, or the NDJSON export.", content(
+            (AuditEventPage = "application/json"),
+            (AuditEvent = "application/x-ndjson"),
+        )),
         (status = 400, description = "`bad_request`: an unknown parameter, a bad time, a `limit` out of range, \
-                                      or a cursor this server did not give out.", body = ErrorBody),
+                                      a cursor this server did not give out for this query, or `limit` or \
+                                      `cursor` with the NDJSON export.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
         (status = 500, description = "`internal`.", body = ErrorBody),
@@ -194,12 +283,13 @@ async fn audit_user_events(
     State(state): State<AppState>,
     Caller(identity): Caller,
     Path(user_id): Path<String>,
+    headers: HeaderMap,
     params: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require_auditor(&identity)?;
     let mut params = query_params(params)?;
     params.user_id = Some(user_id);
-    audit_page(&state, params).await
+    audit_listing(&state, params, &headers).await
 }
 
 /// `GET /api/audit/users/{user_id}/verify`: recomputes the stream's hash chain.
@@ -246,4 +336,30 @@ async fn audit_verify(
 /// caller without it learns nothing about the endpoint.
 fn require_auditor(identity: &Identity) -> Result<(), ApiError> {
     require(identity, &[Role::Auditor, Role::Admin])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, value.parse().expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn the_export_is_chosen_by_accept() {
+        assert!(wants_ndjson(&accept("application/x-ndjson")));
+        assert!(wants_ndjson(&accept("Application/X-NDJSON; charset=utf-8")));
+        assert!(wants_ndjson(&accept(
+            "application/json;q=0.5, application/x-ndjson"
+        )));
+        assert!(!wants_ndjson(&accept(
+            "application/x-ndjson;q=0, application/json"
+        )));
+        assert!(!wants_ndjson(&accept("application/json")));
+        assert!(!wants_ndjson(&accept("*/*")));
+        assert!(!wants_ndjson(&HeaderMap::new()));
+    }
 }

@@ -1,0 +1,304 @@
+//! The audit API: commit-order paging that never passes over a late commit (PostgreSQL),
+//! and the NDJSON export.
+
+use std::time::{Duration, Instant};
+
+use assessd::auth::Role;
+use assessd::store::Database;
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::helpers::{spawn_app, Backend, TestApp, WAIT};
+
+/// A `ChatExchanged` payload as stored, for events written with SQL.
+const CHAT_PAYLOAD: &str = r#"{"ChatExchanged":{"assessment_id":null,"test_id":null,"question_id":null,"user_text":"hello","reply_text":"hi","tutor":"offline_tutor","exchanged_at":"2026-01-05T10:00:00Z"}}"#;
+
+/// Calls `GET path` until its reply satisfies `done`, and returns that reply. On
+/// PostgreSQL the listings show only transactions older than the oldest one still running
+/// anywhere in the cluster, so a transaction of another test can hold back what this test
+/// has just committed for a moment.
+async fn eventually(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = app.get(path, token).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not reach the expected state: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn items(page: &Value) -> Vec<Value> {
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Follows `next_cursor` from `start` (the beginning when `None`) to the last page of
+/// `GET path?query`. Returns the items and the last cursor it was given (`start` when the
+/// first page was the last).
+async fn read_pages(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    query: &str,
+    start: Option<String>,
+) -> (Vec<Value>, Option<String>) {
+    let mut seen = Vec::new();
+    let mut cursor = start;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}?{query}&cursor={c}"),
+            None => format!("{path}?{query}"),
+        };
+        let (status, page) = app.get(&url, token).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        seen.extend(items(&page));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return (seen, cursor),
+        }
+    }
+}
+
+/// [`read_pages`] again until it returns `count` items (see [`eventually`] for why).
+async fn read_pages_until(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    query: &str,
+    start: Option<String>,
+    count: usize,
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (seen, _) = read_pages(app, token, path, query, start.clone()).await;
+        if seen.len() >= count || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn users_of(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| format!("{}#{}", e["user_id"].as_str().unwrap(), e["sequence"]))
+        .collect()
+}
+
+/// A transaction that inserts an event and stays open: the events committed after it by
+/// other connections have higher global positions, yet a reader that paged to the end
+/// before it committed must still be given it, and in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_is_never_passed_over() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let auditor = app.token("aud", Role::Auditor);
+    let mut early = app.connect("early").await;
+    early.start("demo").await;
+    eventually(&app, "/api/audit/events", &auditor, |page| {
+        items(page).len() == 2
+    })
+    .await;
+
+    // The held transaction writes the way the store does: one event, not yet committed.
+    let mut held = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut held).await.unwrap();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         values ('user', 'held', 1, 'ChatExchanged', '1.0', $1::jsonb, '{}')",
+    )
+    .bind(CHAT_PAYLOAD)
+    .execute(&mut held)
+    .await
+    .unwrap();
+
+    // Committed after the held insert, through the real store path, from other connections.
+    let mut late = app.connect("late").await;
+    late.start("demo").await;
+    let Database::Postgres(pool) = &app.state.db else {
+        unreachable!("a PostgreSQL test")
+    };
+    let (positions_after,): (i64,) = sqlx::query_as(
+        "select count(*) from events where aggregate_id = 'late' \
+         and global_position > (select max(global_position) from events where aggregate_id = 'early')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(positions_after, 2, "the late events are committed");
+
+    // To the end, one event a page: the held transaction delays the events after it.
+    let (first_pass, last_cursor) =
+        read_pages(&app, &auditor, "/api/audit/events", "limit=1", None).await;
+    assert_eq!(users_of(&first_pass), ["early#1", "early#2"]);
+    assert!(
+        last_cursor.is_some(),
+        "two pages, so a cursor to go on from"
+    );
+
+    sqlx::query("commit").execute(&mut held).await.unwrap();
+    drop(held);
+
+    // From the last cursor: the page it names again, then everything that committed since.
+    let rest = read_pages_until(
+        &app,
+        &auditor,
+        "/api/audit/events",
+        "limit=1",
+        last_cursor,
+        4,
+    )
+    .await;
+    assert_eq!(
+        users_of(&rest),
+        ["early#2", "held#1", "late#1", "late#2"],
+        "nothing passed over, in commit order"
+    );
+    // The held event was inserted first, so its position is below the late ones'.
+    assert!(rest[1]["global_position"].as_i64() < rest[2]["global_position"].as_i64());
+    app.stop().await;
+}
+
+/// Writes `count` chat events into `user`'s stream with one SQL statement.
+async fn insert_chats(db: &Database, user: &str, count: i64) {
+    match db {
+        Database::Sqlite(pool) => sqlx::query(
+            "with recursive n(i) as (select 1 union all select i + 1 from n where i < ?) \
+             insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             select 'user', ?, i, 'ChatExchanged', '1.0', ?, '{}' from n",
+        )
+        .bind(count)
+        .bind(user)
+        .bind(CHAT_PAYLOAD)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+        Database::Postgres(pool) => sqlx::query(
+            "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             select 'user', $1, i, 'ChatExchanged', '1.0', $2::jsonb, '{}' from generate_series(1, $3) as i",
+        )
+        .bind(user)
+        .bind(CHAT_PAYLOAD)
+        .bind(count)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    }
+    .unwrap();
+}
+
+/// `GET path` with `Accept: application/x-ndjson`: (status, content type, body).
+async fn export(app: &TestApp, path: &str, token: &str) -> (u16, String, String) {
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// The lines of an NDJSON body, each parsed; every line must be one JSON object.
+fn ndjson_lines(body: &str) -> Vec<Value> {
+    assert!(
+        body.is_empty() || body.ends_with('\n'),
+        "the last line ends"
+    );
+    body.lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).expect("each line is JSON");
+            assert!(value.is_object(), "{line}");
+            value
+        })
+        .collect()
+}
+
+/// More events than one batch come out of the export complete, in the listing's order, one
+/// JSON object per line.
+async fn the_export_streams_every_event(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let auditor = app.token("aud", Role::Auditor);
+    let mut real = app.connect("real").await;
+    real.start("demo").await;
+    insert_chats(&app.state.db, "bulk-a", 1300).await;
+    insert_chats(&app.state.db, "bulk-b", 1200).await;
+    let total = 2 + 1300 + 1200;
+    let paged = read_pages_until(
+        &app,
+        &auditor,
+        "/api/audit/events",
+        "limit=1000",
+        None,
+        total,
+    )
+    .await;
+    assert_eq!(paged.len(), total);
+
+    let (status, content_type, body) = export(&app, "/api/audit/events", &auditor).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("application/x-ndjson"),
+        "{content_type}"
+    );
+    let lines = ndjson_lines(&body);
+    assert_eq!(lines.len(), total);
+    assert_eq!(lines, paged, "the export is the listing, in the same order");
+
+    // One user's stream, in sequence order.
+    let (status, _, body) = export(&app, "/api/audit/users/bulk-a/events", &auditor).await;
+    assert_eq!(status, 200);
+    let sequences: Vec<i64> = ndjson_lines(&body)
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=1300).collect::<Vec<_>>());
+    // The same filters as the listing.
+    let (_, _, body) = export(
+        &app,
+        "/api/audit/events?user_id=real&event_type=QuestionPresented",
+        &auditor,
+    )
+    .await;
+    let lines = ndjson_lines(&body);
+    assert_eq!(users_of(&lines), ["real#2"]);
+    let (_, _, body) = export(&app, "/api/audit/events?user_id=nobody", &auditor).await;
+    assert_eq!(body, "", "no events, no lines");
+
+    // The export has no pages, so it takes no paging parameters.
+    for query in ["limit=10", "cursor=g1", "limit=10&cursor=g1"] {
+        let (status, content_type, body) =
+            export(&app, &format!("/api/audit/events?{query}"), &auditor).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+    }
+    let (status, _, _) = export(&app, "/api/audit/events", &app.token("t", Role::Taker)).await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+crate::on_both_backends!(the_export_streams_every_event);
