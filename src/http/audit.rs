@@ -1,6 +1,7 @@
 //! The event history for auditors and admins: the filtered listing in commit order with
-//! cursor paging, or all of it as an NDJSON export; one user's stream; and the
-//! tamper-evidence check of a stream.
+//! cursor paging, or all of it as an NDJSON export; one user's stream; one user's state
+//! rebuilt from their events, now or at an earlier point; and the tamper-evidence check of
+//! a stream.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -11,15 +12,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use domain::{AttemptStatus, CompletionReason, UserStream};
 use futures_util::TryStreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
 use utoipa::{IntoParams, ToSchema};
 
 use super::{list, require, Caller};
 use crate::auth::{Identity, Role};
 use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::{self, AuditEvent, AuditFilter, Scan};
+use crate::store::audit::{self, AuditEvent, AuditFilter, Rebuilt, Scan, StatePoint};
 use crate::store::chain::{self, Verification};
 use crate::store::Database;
 
@@ -27,6 +30,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/audit/events", get(audit_events))
         .route("/api/audit/users/{user_id}/events", get(audit_user_events))
+        .route("/api/audit/users/{user_id}/state", get(audit_state))
         .route("/api/audit/users/{user_id}/verify", get(audit_verify))
 }
 
@@ -292,6 +296,204 @@ async fn audit_user_events(
     audit_listing(&state, params, &headers).await
 }
 
+/// Query parameters of the state endpoint; at most one of them.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct StateParams {
+    /// The state after the event with this sequence (0: before the first event). A
+    /// sequence beyond the end of the stream is 404.
+    at_sequence: Option<u64>,
+    /// The state after the events recorded at or before this RFC 3339 time.
+    #[param(format = DateTime)]
+    at_time: Option<String>,
+}
+
+/// A user's state, rebuilt from their events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditState {
+    pub user_id: String,
+    /// The sequence of the last event applied (0 before the first).
+    pub sequence: u64,
+    /// Every attempt, oldest first.
+    pub assessments: Vec<AuditAssessment>,
+}
+
+/// One attempt as the events made it, at the state's point.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditAssessment {
+    pub assessment_id: String,
+    pub test_id: String,
+    /// The test version the attempt runs on.
+    pub test_version: u32,
+    pub title: String,
+    /// 1-based attempt number for this test.
+    pub attempt: u32,
+    pub status: AssessmentStatus,
+    /// How many questions are answered.
+    pub answered: u32,
+    pub total_questions: u32,
+    /// Points earned so far.
+    pub score: f64,
+    pub max_score: f64,
+    /// The question shown and not yet answered, if any.
+    #[schema(required = true)]
+    pub current_question_id: Option<String>,
+    /// Null while in progress.
+    #[schema(required = true)]
+    pub passed: Option<bool>,
+    /// Why the attempt ended; null while in progress.
+    #[schema(required = true)]
+    pub reason: Option<EndReason>,
+    #[schema(required = true)]
+    pub time_limit_secs: Option<u32>,
+    #[schema(required = true)]
+    pub deadline: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    /// Null while in progress.
+    #[schema(required = true)]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// As recorded: an attempt whose deadline passed unnoticed is `in_progress` until its
+/// expiry is recorded.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssessmentStatus {
+    InProgress,
+    Completed,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    AllAnswered,
+    TimeExpired,
+    EndedByAdmin,
+}
+
+impl From<CompletionReason> for EndReason {
+    fn from(reason: CompletionReason) -> Self {
+        match reason {
+            CompletionReason::AllAnswered => EndReason::AllAnswered,
+            CompletionReason::TimeExpired => EndReason::TimeExpired,
+            CompletionReason::EndedByAdmin => EndReason::EndedByAdmin,
+        }
+    }
+}
+
+fn audit_state_of(user_id: String, stream: &UserStream) -> AuditState {
+    let assessments = stream
+        .attempts
+        .iter()
+        .map(|a| {
+            let (status, passed, reason, completed_at) = match &a.status {
+                AttemptStatus::InProgress => (AssessmentStatus::InProgress, None, None, None),
+                AttemptStatus::Completed {
+                    reason,
+                    passed,
+                    completed_at,
+                    ..
+                } => (
+                    AssessmentStatus::Completed,
+                    Some(*passed),
+                    Some(EndReason::from(*reason)),
+                    Some(*completed_at),
+                ),
+            };
+            AuditAssessment {
+                assessment_id: a.assessment_id.clone(),
+                test_id: a.test_id.clone(),
+                test_version: a.test_version,
+                title: a.title.clone(),
+                attempt: a.attempt,
+                status,
+                answered: a.answered(),
+                total_questions: a.total_questions,
+                score: a.score,
+                max_score: a.max_score,
+                current_question_id: a
+                    .current_question
+                    .as_ref()
+                    .map(|(q, _)| q.question_id.clone()),
+                passed,
+                reason,
+                time_limit_secs: a.time_limit_secs,
+                deadline: a.deadline,
+                started_at: a.started_at,
+                completed_at,
+            }
+        })
+        .collect();
+    AuditState {
+        user_id,
+        sequence: stream.sequence as u64,
+        assessments,
+    }
+}
+
+/// `GET /api/audit/users/{user_id}/state`: the user's state rebuilt from their events.
+#[utoipa::path(
+    get,
+    path = "/api/audit/users/{user_id}/state",
+    tag = "audit",
+    summary = "One user's state, now or then",
+    description = "Role: auditor or admin.\n\n\
+                   The user's state rebuilt by replaying their events from the first with \
+                   the domain's own rules, never from a snapshot or a projection: after the \
+                   last event, after event `at_sequence`, or after the events recorded at \
+                   or before `at_time`. It is the state as recorded: an attempt whose \
+                   deadline passed unnoticed stays `in_progress` until its expiry is \
+                   recorded.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["auditor", "admin"]))),
+    params(
+        ("user_id" = String, Path, description = "The user (token `sub`) whose state to rebuild."),
+        StateParams,
+    ),
+    responses(
+        (status = 200, description = "The state.", body = AuditState),
+        (status = 400, description = "`bad_request`: an unknown parameter, both `at_sequence` and `at_time`, \
+                                      or a value that does not parse.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the user has no events, or `at_sequence` is beyond the \
+                                      end of the stream.", body = ErrorBody),
+        (status = 500, description = "`internal`; also when the stream cannot be replayed (an event removed \
+                                      or unreadable: see `verify`).", body = ErrorBody),
+    ),
+)]
+async fn audit_state(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(user_id): Path<String>,
+    params: Result<Query<StateParams>, QueryRejection>,
+) -> Result<Json<AuditState>, ApiError> {
+    require_auditor(&identity)?;
+    let params = query_params(params)?;
+    let at = match (params.at_sequence, params.at_time.as_deref()) {
+        (Some(_), Some(_)) => return Err(bad_request("give at_sequence or at_time, not both")),
+        (Some(n), None) => StatePoint::Sequence(n),
+        (None, Some(t)) => match time_param("at_time", Some(t))? {
+            Some(t) => StatePoint::Time(t),
+            None => StatePoint::Latest,
+        },
+        (None, None) => StatePoint::Latest,
+    };
+    match audit::state_at(&state.db, &user_id, at).await? {
+        Rebuilt::State(stream) => Ok(Json(audit_state_of(user_id, &stream))),
+        Rebuilt::UnknownUser => Err(no_events(&user_id)),
+        Rebuilt::BeyondStream { last } => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("the stream of user {user_id} has {last} events"),
+        )),
+    }
+}
+
+fn no_events(user_id: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("user {user_id} has no events"))
+}
+
 /// `GET /api/audit/users/{user_id}/verify`: recomputes the stream's hash chain.
 #[utoipa::path(
     get,
@@ -301,7 +503,7 @@ async fn audit_user_events(
     description = "Role: auditor or admin.\n\n\
                    Recomputes the tamper-evidence hash chain of the user's stream from the \
                    genesis hash, stopping at the first event that does not match or that \
-                   follows a gap. A user with no events verifies as ok with 0 events checked.",
+                   follows a gap.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(
@@ -311,6 +513,7 @@ async fn audit_user_events(
         (status = 200, description = "The result; `ok` is false when the stream was altered.", body = Verification),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the user has no events, so there is nothing to vouch for.", body = ErrorBody),
         (status = 500, description = "`internal`.", body = ErrorBody),
     ),
 )]
@@ -326,6 +529,11 @@ async fn audit_verify(
         &user_id,
     )
     .await?;
+    // An empty chain is trivially intact, and "ok" would vouch for a user who does not
+    // exist (or whose every event was removed).
+    if report.events_checked == 0 {
+        return Err(no_events(&user_id));
+    }
     if !report.ok {
         tracing::warn!(user_id, first_bad_sequence = ?report.first_bad_sequence, "stream failed verification");
     }

@@ -48,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         admin::end_assessment,
         audit::audit_events,
         audit::audit_user_events,
+        audit::audit_state,
         audit::audit_verify,
         openapi_json,
     ),

@@ -1,11 +1,11 @@
 //! The audit API: commit-order paging that never passes over a late commit (PostgreSQL),
-//! and the NDJSON export.
+//! the NDJSON export, a user's state rebuilt at any point, and `verify` of an unknown user.
 
 use std::time::{Duration, Instant};
 
 use assessd::auth::Role;
 use assessd::store::Database;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::Connection;
 
 use crate::helpers::{spawn_app, Backend, TestApp, WAIT};
@@ -301,4 +301,191 @@ async fn the_export_streams_every_event(backend: Backend) {
     app.stop().await;
 }
 
-crate::on_both_backends!(the_export_streams_every_event);
+/// The state rebuilt from the events at several points, against the live aggregate.
+async fn state_is_rebuilt_from_the_events(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let auditor = app.token("aud", Role::Auditor);
+    let admin = app.token("root", Role::Admin);
+    let mut taker = app.connect("st").await;
+    let (started, _) = taker.start("demo").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    taker.answer(&id, "q1", json!("b")).await;
+
+    let (status, now) = app.get("/api/audit/users/st/state", &auditor).await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["user_id"], "st");
+    assert_eq!(now["sequence"], 5);
+    let attempt = &now["assessments"][0];
+    assert_eq!(now["assessments"].as_array().unwrap().len(), 1);
+    for (field, value) in [
+        ("assessment_id", json!(id)),
+        ("test_id", json!("demo")),
+        ("attempt", json!(1)),
+        ("status", json!("in_progress")),
+        ("answered", json!(1)),
+        ("total_questions", json!(4)),
+        ("score", json!(1.0)),
+        ("max_score", json!(6.0)),
+        ("current_question_id", json!("q2")),
+        ("passed", Value::Null),
+        ("reason", Value::Null),
+        ("completed_at", Value::Null),
+        ("time_limit_secs", json!(900)),
+    ] {
+        assert_eq!(attempt[field], value, "{field}: {attempt}");
+    }
+    // The socket shows milliseconds; the audit API every digit recorded.
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let shown = time(&started["deadline"]);
+    assert!(
+        (time(&attempt["deadline"]) - shown).num_milliseconds() == 0,
+        "{attempt}"
+    );
+    // The same as the aggregate the commands use.
+    let live = app.state.streams.load("st").await.unwrap();
+    assert_eq!(now["sequence"], live.sequence);
+    assert_eq!(attempt["score"], live.attempts[0].score);
+
+    let (status, two) = app
+        .get("/api/audit/users/st/state?at_sequence=2", &auditor)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(two["sequence"], 2);
+    assert_eq!(two["assessments"][0]["answered"], 0);
+    assert_eq!(two["assessments"][0]["current_question_id"], "q1");
+    assert_eq!(two["assessments"][0]["score"], 0.0);
+    let (_, zero) = app
+        .get("/api/audit/users/st/state?at_sequence=0", &auditor)
+        .await;
+    assert_eq!(
+        zero,
+        json!({"user_id": "st", "sequence": 0, "assessments": []})
+    );
+    let (status, body) = app
+        .get("/api/audit/users/st/state?at_sequence=6", &auditor)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (_, five) = app
+        .get("/api/audit/users/st/state?at_sequence=5", &auditor)
+        .await;
+    assert_eq!(five, now);
+
+    // At a time: the events recorded at or before it.
+    let stream = app.stream_of("st").await;
+    let at = stream[1]["recorded_at"].as_str().unwrap().to_string();
+    let recorded_by_then = stream
+        .iter()
+        .filter(|e| {
+            let t =
+                chrono::DateTime::parse_from_rfc3339(e["recorded_at"].as_str().unwrap()).unwrap();
+            t <= chrono::DateTime::parse_from_rfc3339(&at).unwrap()
+        })
+        .count();
+    let (status, then) = app
+        .get(
+            &format!(
+                "/api/audit/users/st/state?at_time={}",
+                at.replace('+', "%2B")
+            ),
+            &auditor,
+        )
+        .await;
+    assert_eq!(status, 200, "{then}");
+    assert_eq!(then["sequence"], recorded_by_then, "{then}");
+    let (_, same) = app
+        .get(
+            &format!("/api/audit/users/st/state?at_sequence={recorded_by_then}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(then, same);
+    let (_, before) = app
+        .get(
+            "/api/audit/users/st/state?at_time=2000-01-01T00:00:00Z",
+            &auditor,
+        )
+        .await;
+    assert_eq!(before["sequence"], 0);
+    let (_, after) = app
+        .get(
+            "/api/audit/users/st/state?at_time=2999-01-01T00:00:00Z",
+            &auditor,
+        )
+        .await;
+    assert_eq!(after, now);
+
+    // Ended by an admin: completed, with its reason and result.
+    let (status, _) = send_post(
+        &app,
+        &format!("/api/admin/users/st/assessments/{id}/end"),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, ended) = app.get("/api/audit/users/st/state", &admin).await;
+    let attempt = &ended["assessments"][0];
+    assert_eq!(ended["sequence"], 6);
+    assert_eq!(attempt["status"], "completed");
+    assert_eq!(attempt["reason"], "ended_by_admin");
+    assert_eq!(attempt["passed"], false);
+    assert!(attempt["completed_at"].is_string());
+    assert_eq!(attempt["current_question_id"], Value::Null);
+
+    for (query, status) in [
+        ("at_sequence=1&at_time=2999-01-01T00:00:00Z", 400),
+        ("at_time=yesterday", 400),
+        ("at_sequence=-1", 400),
+        ("at_sequence=x", 400),
+        ("colour=red", 400),
+    ] {
+        let (got, body) = app
+            .get(&format!("/api/audit/users/st/state?{query}"), &auditor)
+            .await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some("bad_request")),
+            "{query}"
+        );
+    }
+    for path in [
+        "/api/audit/users/nobody/state",
+        "/api/audit/users/nobody/verify",
+    ] {
+        let (status, body) = app.get(path, &auditor).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {body}"
+        );
+    }
+    let (status, report) = app.get("/api/audit/users/st/verify", &auditor).await;
+    assert_eq!(
+        (status, report["ok"].as_bool()),
+        (200, Some(true)),
+        "{report}"
+    );
+    app.stop().await;
+}
+
+async fn send_post(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+crate::on_both_backends!(
+    the_export_streams_every_event,
+    state_is_rebuilt_from_the_events,
+);

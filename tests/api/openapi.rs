@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ),
     ("GET", "/api/audit/events"),
     ("GET", "/api/audit/users/{user_id}/events"),
+    ("GET", "/api/audit/users/{user_id}/state"),
     ("GET", "/api/audit/users/{user_id}/verify"),
     ("GET", "/api/openapi.json"),
 ];
@@ -534,8 +535,26 @@ async fn replies_have_the_documented_shapes() {
         ),
         (
             "GET",
+            "/api/audit/users/{user_id}/state",
+            "/api/audit/users/shape/state".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
             "/api/audit/events",
             "/api/audit/events?limit=0".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/audit/users/{user_id}/state",
+            "/api/audit/users/nobody/state".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/audit/users/{user_id}/verify",
+            "/api/audit/users/nobody/verify".to_string(),
             Some(&auditor),
         ),
         ("GET", "/api/tests", "/api/tests".to_string(), None),
@@ -566,7 +585,10 @@ async fn replies_have_the_documented_shapes() {
     let statuses: Vec<u16> = replies.iter().map(|r| r.2).collect();
     assert_eq!(
         statuses,
-        [200, 200, 200, 200, 200, 409, 200, 200, 200, 400, 401, 403, 201, 200, 422],
+        [
+            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 400, 404, 404, 401, 403, 201, 200,
+            422
+        ],
         "the replies this test means to check"
     );
     for (method, path, status, body) in &replies {
