@@ -1,25 +1,31 @@
-//! Admin commands on a user's stream. They go through the same command path as the user's
-//! own socket, so every rule applies and the user's open socket is told at once.
+//! Admin endpoints: commands on a user's stream, which go through the same command path as
+//! the user's own socket (so every rule applies and the user's open socket is told at
+//! once), and the log of audit reads.
 
-use axum::extract::{Path, State};
-use axum::routing::post;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use domain::{Outcome, UserCommand};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{require, Caller};
+use super::{list, require, Caller};
 use crate::auth::Role;
 use crate::commands::{self, Origin};
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
 use crate::state::AppState;
+use crate::store::audit_log::{self, ReadCursor, ReadFilter, RecordedRead};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
-        post(end_assessment),
-    )
+    Router::new()
+        .route(
+            "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
+            post(end_assessment),
+        )
+        .route("/api/admin/audit-reads", get(audit_reads))
 }
 
 /// `POST /api/admin/users/{user_id}/assessments/{assessment_id}/end`.
@@ -104,4 +110,94 @@ pub enum EndedStatus {
 #[schema(rename_all = "snake_case")]
 pub enum EndedReason {
     EndedByAdmin,
+}
+
+/// Query parameters of the log of audit reads; any other parameter is refused (400).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ReadsParams {
+    /// Only the reads of this caller (token `sub`).
+    reader: Option<String>,
+    /// Only the reads that could have returned this user's data: those that named the
+    /// user, and those across users (`user_id` null).
+    user_id: Option<String>,
+    /// The most reads in one page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page; opaque.
+    cursor: Option<String>,
+}
+
+// [`list`] writes the page with `json!`; this type only describes it.
+/// One page of the log of audit reads, oldest first.
+#[derive(ToSchema)]
+pub struct AuditReadPage {
+    pub items: Vec<RecordedRead>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+/// `GET /api/admin/audit-reads`: who read whose data through the audit API.
+#[utoipa::path(
+    get,
+    path = "/api/admin/audit-reads",
+    tag = "admin",
+    summary = "The log of audit reads",
+    description = "Role: admin.\n\n\
+                   Every read of users' data made through the audit API (event listings and \
+                   exports, a user's events, state and verification), oldest first: who \
+                   (`reader`, `roles`), what (`endpoint`, `user_id`, `parameters`) and when \
+                   (`read_at`). Each is recorded by the request that reads, before it reads. \
+                   Paged like the event listing, in commit order.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["admin"]))),
+    params(ReadsParams),
+    responses(
+        (status = 200, description = "One page of recorded reads.", body = AuditReadPage),
+        (status = 400, description = "`bad_request`: an unknown parameter, a `limit` out of range, or a cursor \
+                                      this server did not give out.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has no admin role.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
+async fn audit_reads(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    params: Result<Query<ReadsParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&identity, &[Role::Admin])?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| ReadCursor::parse(&state.db, c))
+        .transpose()?;
+    let filter = ReadFilter {
+        reader: params.reader,
+        user_id: params.user_id,
+    };
+    let mut reads = audit_log::list(&state.db, &filter, after, limit + 1).await?;
+    let more = reads.len() as i64 > limit;
+    reads.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| reads.last().map(|(_, cursor)| cursor.clone()))
+        .flatten();
+    let items = reads
+        .iter()
+        .map(|(read, _)| serde_json::to_value(read).map_err(|e| ClientError::internal(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(list(items, next_cursor))
 }

@@ -2,6 +2,9 @@
 //! cursor paging, or all of it as an NDJSON export; one user's stream; one user's state
 //! rebuilt from their events, now or at an earlier point; and the tamper-evidence check of
 //! a stream.
+//!
+//! Every one of these reads is recorded first ([`crate::store::audit_log`]): who asked,
+//! with which parameters, for whose data. A read that cannot be recorded is not made.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -15,7 +18,7 @@ use chrono::{DateTime, Utc};
 use domain::{AttemptStatus, CompletionReason, UserStream};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{list, require, Caller};
@@ -23,6 +26,7 @@ use crate::auth::{Identity, Role};
 use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEvent, AuditFilter, Rebuilt, Scan, StatePoint};
+use crate::store::audit_log::{self, NewRead};
 use crate::store::chain::{self, Verification};
 use crate::store::Database;
 
@@ -39,29 +43,38 @@ pub const NDJSON: &str = "application/x-ndjson";
 
 /// Query parameters of the audit event endpoints (PROTOCOL section 3). The doc comments and
 /// `param` attributes are their OpenAPI description; any other parameter is refused (400).
-#[derive(Debug, Default, Deserialize, IntoParams)]
+/// Serialized as they were understood, they are the `parameters` of the recorded read.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct AuditParams {
     /// Only this user's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<String>,
     /// Only this attempt's events.
+    #[serde(skip_serializing_if = "Option::is_none")]
     assessment_id: Option<String>,
     /// Only events of this test.
+    #[serde(skip_serializing_if = "Option::is_none")]
     test_id: Option<String>,
     /// Only events of this type, such as `AnswerSubmitted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<String>,
     /// Only events recorded at or after this RFC 3339 time (inclusive).
     #[param(format = DateTime)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<String>,
     /// Only events recorded before this RFC 3339 time (exclusive).
     #[param(format = DateTime)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<String>,
     /// The most events in one page. Not with `Accept: application/x-ndjson`.
     #[param(minimum = 1, maximum = 1000, default = 100)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<i64>,
     /// The `next_cursor` of the previous page; opaque. Not with
     /// `Accept: application/x-ndjson`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
 }
 
@@ -121,10 +134,47 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         })
 }
 
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Taker => "taker",
+        Role::Auditor => "auditor",
+        Role::Admin => "admin",
+    }
+}
+
+/// Records that `identity` is about to read `user_id`'s data (everyone's when `None`)
+/// through `endpoint` with `parameters`. Called after the parameters are checked and
+/// before anything is read: a refused request reads nothing, and a read that cannot be
+/// recorded is not made (500).
+async fn record_read(
+    db: &Database,
+    identity: &Identity,
+    endpoint: &str,
+    user_id: Option<&str>,
+    parameters: &impl Serialize,
+) -> Result<(), ApiError> {
+    let parameters = serde_json::to_value(parameters).map_err(|e| ClientError::internal(&e))?;
+    let read = NewRead {
+        reader: identity.user_id.clone(),
+        roles: identity
+            .roles
+            .iter()
+            .map(|r| role_name(*r).to_string())
+            .collect(),
+        endpoint: endpoint.to_string(),
+        user_id: user_id.map(str::to_string),
+        parameters,
+    };
+    audit_log::record(db, &read).await?;
+    Ok(())
+}
+
 /// The events of `params`, as one page or, when asked for, as the NDJSON export; the
 /// caller's role is checked by the caller of this function.
 async fn audit_listing(
     state: &AppState,
+    identity: &Identity,
+    endpoint: &str,
     params: AuditParams,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -147,9 +197,17 @@ async fn audit_listing(
         to: time_param("to", params.to.as_deref())?,
     };
     let scan = Scan::new(&state.db, filter, params.cursor.as_deref())?;
+    let user_id = params.user_id.as_deref();
     if export {
+        let mut parameters =
+            serde_json::to_value(&params).map_err(|e| ClientError::internal(&e))?;
+        if let Value::Object(map) = &mut parameters {
+            map.insert("format".into(), json!("ndjson"));
+        }
+        record_read(&state.db, identity, endpoint, user_id, &parameters).await?;
         return export_ndjson(&state.db, scan).await;
     }
+    record_read(&state.db, identity, endpoint, user_id, &params).await?;
     let mut listed = scan.fetch(&state.db, limit + 1).await?;
     let more = listed.len() as i64 > limit;
     listed.truncate(limit as usize);
@@ -225,7 +283,8 @@ async fn export_ndjson(db: &Database, mut scan: Scan) -> Result<Response, ApiErr
                    the events after it (and only those) until it ends.\n\n\
                    With `Accept: application/x-ndjson`, every matching event committed when \
                    the request arrived is streamed instead, one JSON object (an `AuditEvent`) \
-                   per line, in the same order; `limit` and `cursor` are then refused.",
+                   per line, in the same order; `limit` and `cursor` are then refused.\n\n\
+                   The read is recorded in the log of audit reads.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(AuditParams),
@@ -239,7 +298,7 @@ async fn export_ndjson(db: &Database, mut scan: Scan) -> Result<Response, ApiErr
                                       `cursor` with the NDJSON export.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        (status = 500, description = "`internal`; also when the read could not be recorded.", body = ErrorBody),
     ),
 )]
 async fn audit_events(
@@ -250,7 +309,7 @@ async fn audit_events(
 ) -> Result<Response, ApiError> {
     require_auditor(&identity)?;
     let params = query_params(params)?;
-    audit_listing(&state, params, &headers).await
+    audit_listing(&state, &identity, "GET /api/audit/events", params, &headers).await
 }
 
 /// `GET /api/audit/users/{user_id}/events`: one user's stream in order.
@@ -263,7 +322,7 @@ async fn audit_events(
                    One user's stream in sequence order, with the same filters, paging and \
                    NDJSON export as `GET /api/audit/events`; the path's `user_id` wins over \
                    the query's. To read a whole stream, follow `next_cursor` until it is \
-                   null.",
+                   null. The read is recorded in the log of audit reads.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(
@@ -280,7 +339,7 @@ async fn audit_events(
                                       `cursor` with the NDJSON export.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        (status = 500, description = "`internal`; also when the read could not be recorded.", body = ErrorBody),
     ),
 )]
 async fn audit_user_events(
@@ -293,19 +352,28 @@ async fn audit_user_events(
     require_auditor(&identity)?;
     let mut params = query_params(params)?;
     params.user_id = Some(user_id);
-    audit_listing(&state, params, &headers).await
+    audit_listing(
+        &state,
+        &identity,
+        "GET /api/audit/users/{user_id}/events",
+        params,
+        &headers,
+    )
+    .await
 }
 
 /// Query parameters of the state endpoint; at most one of them.
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct StateParams {
     /// The state after the event with this sequence (0: before the first event). A
     /// sequence beyond the end of the stream is 404.
+    #[serde(skip_serializing_if = "Option::is_none")]
     at_sequence: Option<u64>,
     /// The state after the events recorded at or before this RFC 3339 time.
     #[param(format = DateTime)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     at_time: Option<String>,
 }
 
@@ -444,7 +512,7 @@ fn audit_state_of(user_id: String, stream: &UserStream) -> AuditState {
                    last event, after event `at_sequence`, or after the events recorded at \
                    or before `at_time`. It is the state as recorded: an attempt whose \
                    deadline passed unnoticed stays `in_progress` until its expiry is \
-                   recorded.",
+                   recorded. The read is recorded in the log of audit reads.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(
@@ -459,8 +527,8 @@ fn audit_state_of(user_id: String, stream: &UserStream) -> AuditState {
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
         (status = 404, description = "`not_found`: the user has no events, or `at_sequence` is beyond the \
                                       end of the stream.", body = ErrorBody),
-        (status = 500, description = "`internal`; also when the stream cannot be replayed (an event removed \
-                                      or unreadable: see `verify`).", body = ErrorBody),
+        (status = 500, description = "`internal`; also when the read could not be recorded, or the stream \
+                                      cannot be replayed (an event removed or unreadable: see `verify`).", body = ErrorBody),
     ),
 )]
 async fn audit_state(
@@ -480,6 +548,14 @@ async fn audit_state(
         },
         (None, None) => StatePoint::Latest,
     };
+    record_read(
+        &state.db,
+        &identity,
+        "GET /api/audit/users/{user_id}/state",
+        Some(&user_id),
+        &params,
+    )
+    .await?;
     match audit::state_at(&state.db, &user_id, at).await? {
         Rebuilt::State(stream) => Ok(Json(audit_state_of(user_id, &stream))),
         Rebuilt::UnknownUser => Err(no_events(&user_id)),
@@ -503,7 +579,7 @@ fn no_events(user_id: &str) -> ApiError {
     description = "Role: auditor or admin.\n\n\
                    Recomputes the tamper-evidence hash chain of the user's stream from the \
                    genesis hash, stopping at the first event that does not match or that \
-                   follows a gap.",
+                   follows a gap. The read is recorded in the log of audit reads.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["auditor", "admin"]))),
     params(
@@ -514,7 +590,7 @@ fn no_events(user_id: &str) -> ApiError {
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has neither the auditor nor the admin role.", body = ErrorBody),
         (status = 404, description = "`not_found`: the user has no events, so there is nothing to vouch for.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        (status = 500, description = "`internal`; also when the read could not be recorded.", body = ErrorBody),
     ),
 )]
 async fn audit_verify(
@@ -523,6 +599,14 @@ async fn audit_verify(
     Path(user_id): Path<String>,
 ) -> Result<Json<Verification>, ApiError> {
     require_auditor(&identity)?;
+    record_read(
+        &state.db,
+        &identity,
+        "GET /api/audit/users/{user_id}/verify",
+        Some(&user_id),
+        &json!({}),
+    )
+    .await?;
     let report = chain::verify(
         &state.db,
         <domain::UserStream as cqrs_es::Aggregate>::TYPE,

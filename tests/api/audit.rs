@@ -1,5 +1,6 @@
 //! The audit API: commit-order paging that never passes over a late commit (PostgreSQL),
-//! the NDJSON export, a user's state rebuilt at any point, and `verify` of an unknown user.
+//! the NDJSON export, a user's state rebuilt at any point, `verify` of an unknown user, and
+//! the log of audit reads.
 
 use std::time::{Duration, Instant};
 
@@ -485,7 +486,152 @@ async fn send_post(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+async fn audit_reads_in_table(db: &Database) -> i64 {
+    let sql = "select count(*) from audit_reads";
+    match db {
+        Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+    }
+    .unwrap()
+}
+
+/// Every read of users' data through the audit API is recorded, and admins (only) list
+/// the records.
+async fn audit_reads_are_recorded_for_admins(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut subject = app.connect("subject").await;
+    subject.start("demo").await;
+    let auditor = app.token("aud-1", Role::Auditor);
+    let admin = app.token("root", Role::Admin);
+    let before = chrono::Utc::now();
+
+    let (status, _) = app
+        .get("/api/audit/users/subject/events?limit=5", &auditor)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .get("/api/audit/users/subject/state?at_sequence=1", &auditor)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .get("/api/audit/events?event_type=AssessmentStarted", &auditor)
+        .await;
+    assert_eq!(status, 200);
+    // A request refused for its parameters reads nothing and is not recorded.
+    let (status, _) = app
+        .get("/api/audit/users/subject/state?at_sequence=x", &auditor)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(audit_reads_in_table(&app.state.db).await, 3);
+    let after = chrono::Utc::now();
+
+    let reads = eventually(
+        &app,
+        "/api/admin/audit-reads?reader=aud-1",
+        &admin,
+        |page| items(page).len() == 3,
+    )
+    .await;
+    let reads = items(&reads);
+    let shown: Vec<(Value, Value, Value)> = reads
+        .iter()
+        .map(|r| {
+            (
+                r["endpoint"].clone(),
+                r["user_id"].clone(),
+                r["parameters"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                json!("GET /api/audit/users/{user_id}/events"),
+                json!("subject"),
+                json!({"user_id": "subject", "limit": 5})
+            ),
+            (
+                json!("GET /api/audit/users/{user_id}/state"),
+                json!("subject"),
+                json!({"at_sequence": 1})
+            ),
+            (
+                json!("GET /api/audit/events"),
+                Value::Null,
+                json!({"event_type": "AssessmentStarted"})
+            ),
+        ]
+    );
+    for read in &reads {
+        assert_eq!(read["reader"], "aud-1");
+        assert_eq!(read["roles"], json!(["auditor"]));
+        let at = chrono::DateTime::parse_from_rfc3339(read["read_at"].as_str().unwrap()).unwrap();
+        // Database clocks may round to the millisecond.
+        assert!(
+            at >= before - chrono::Duration::milliseconds(5)
+                && at <= after + chrono::Duration::milliseconds(5),
+            "{read}"
+        );
+        assert!(
+            !read.to_string().contains(&auditor),
+            "no token in the record"
+        );
+    }
+
+    // Whose data: a user's own reads plus those across users.
+    let (_, for_subject) = app
+        .get("/api/admin/audit-reads?user_id=subject", &admin)
+        .await;
+    assert_eq!(items(&for_subject).len(), 3);
+    let (_, for_other) = app
+        .get("/api/admin/audit-reads?user_id=other", &admin)
+        .await;
+    assert_eq!(items(&for_other).len(), 1);
+    assert_eq!(for_other["items"][0]["user_id"], Value::Null);
+    let (_, by_nobody) = app
+        .get("/api/admin/audit-reads?reader=nobody", &admin)
+        .await;
+    assert!(items(&by_nobody).is_empty());
+
+    // Admins' reads are recorded too; reading the log is not a read of users' data.
+    let (status, _) = app.get("/api/audit/users/subject/verify", &admin).await;
+    assert_eq!(status, 200);
+    let all = eventually(&app, "/api/admin/audit-reads", &admin, |page| {
+        items(page).len() == 4
+    })
+    .await;
+    assert_eq!(all["items"][3]["reader"], "root");
+    assert_eq!(
+        all["items"][3]["endpoint"],
+        "GET /api/audit/users/{user_id}/verify"
+    );
+    assert_eq!(all["items"][3]["parameters"], json!({}));
+    let (paged, _) = read_pages(&app, &admin, "/api/admin/audit-reads", "limit=1", None).await;
+    assert_eq!(paged, items(&all));
+
+    for (query, status) in [("limit=0", 400), ("cursor=zzz", 400), ("colour=red", 400)] {
+        let (got, _) = app
+            .get(&format!("/api/admin/audit-reads?{query}"), &admin)
+            .await;
+        assert_eq!(got, status, "{query}");
+    }
+    for role in [Role::Taker, Role::Auditor] {
+        let (status, body) = app
+            .get("/api/admin/audit-reads", &app.token("x", role))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden"))
+        );
+    }
+    app.stop().await;
+}
+
 crate::on_both_backends!(
     the_export_streams_every_event,
     state_is_rebuilt_from_the_events,
+    audit_reads_are_recorded_for_admins,
 );

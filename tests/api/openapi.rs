@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
         "POST",
         "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
     ),
+    ("GET", "/api/admin/audit-reads"),
     ("GET", "/api/audit/events"),
     ("GET", "/api/audit/users/{user_id}/events"),
     ("GET", "/api/audit/users/{user_id}/state"),
@@ -541,6 +542,12 @@ async fn replies_have_the_documented_shapes() {
         ),
         (
             "GET",
+            "/api/admin/audit-reads",
+            "/api/admin/audit-reads".to_string(),
+            Some(&admin),
+        ),
+        (
+            "GET",
             "/api/audit/events",
             "/api/audit/events?limit=0".to_string(),
             Some(&auditor),
@@ -555,6 +562,12 @@ async fn replies_have_the_documented_shapes() {
             "GET",
             "/api/audit/users/{user_id}/verify",
             "/api/audit/users/nobody/verify".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/admin/audit-reads",
+            "/api/admin/audit-reads".to_string(),
             Some(&auditor),
         ),
         ("GET", "/api/tests", "/api/tests".to_string(), None),
@@ -586,8 +599,8 @@ async fn replies_have_the_documented_shapes() {
     assert_eq!(
         statuses,
         [
-            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 400, 404, 404, 401, 403, 201, 200,
-            422
+            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 200, 400, 404, 404, 403, 401, 403,
+            201, 200, 422
         ],
         "the replies this test means to check"
     );
