@@ -1,6 +1,8 @@
 //! Admin endpoints: commands on a user's stream, which go through the same command path as
 //! the user's own socket (so every rule applies and the user's open socket is told at
-//! once), and the log of audit reads.
+//! once); the log of audit reads; and the live connections of this node.
+
+use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -8,7 +10,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use domain::{Outcome, UserCommand};
-use serde::Deserialize;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
@@ -26,6 +29,7 @@ pub fn routes() -> Router<AppState> {
             post(end_assessment),
         )
         .route("/api/admin/audit-reads", get(audit_reads))
+        .route("/api/admin/connections", get(connections))
 }
 
 /// `POST /api/admin/users/{user_id}/assessments/{assessment_id}/end`.
@@ -200,4 +204,78 @@ async fn audit_reads(
         .map(|(read, _)| serde_json::to_value(read).map_err(|e| ClientError::internal(&e)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(list(items, next_cursor))
+}
+
+/// The live connections (docs/protocol.md, section 4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Connections {
+    /// Live sessions on this node: one per connected user.
+    pub total: u64,
+    /// Live sessions by node id; only this node for now.
+    pub by_node: BTreeMap<String, u64>,
+    /// Live sessions whose user has an attempt in progress, by that attempt's test id.
+    pub by_test: BTreeMap<String, u64>,
+}
+
+/// How many live users' streams are loaded at once for `by_test`: a share of the pool, so
+/// the endpoint does not starve the sessions' commands.
+const LOADS_AT_ONCE: usize = 4;
+
+/// `GET /api/admin/connections`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/connections",
+    tag = "admin",
+    summary = "Live connections",
+    description = "Role: admin.\n\n\
+                   The live WebSocket sessions of this node (one per connected user): their \
+                   number, the same by node id (only this node for now), and by the test id \
+                   of the user's attempt in progress. An attempt whose deadline has passed \
+                   does not count as in progress.",
+    security(("bearer" = [])),
+    extensions(("x-roles" = json!(["admin"]))),
+    responses(
+        (status = 200, description = "The counts.", body = Connections),
+        (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token has no admin role.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
+async fn connections(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+) -> Result<Json<Connections>, ApiError> {
+    require(&identity, &[Role::Admin])?;
+    let users = state.registry.live_users();
+    let now = Utc::now();
+    // Each live user's stream is loaded (snapshot plus newer events) to find the attempt in
+    // progress: one small read per connected user per request. Fine for an admin's page at
+    // today's scale; a registry that kept each session's test id would make this free, but
+    // only the session (src/ws) knows when that changes.
+    let total = users.len() as u64;
+    let tests: Vec<Option<String>> = futures_util::stream::iter(users)
+        .map(|user| {
+            let state = state.clone();
+            async move {
+                let stream = state.streams.load(&user).await?;
+                Ok::<_, crate::store::StoreError>(
+                    stream
+                        .in_progress()
+                        .filter(|a| !a.is_overdue(now))
+                        .map(|a| a.test_id.clone()),
+                )
+            }
+        })
+        .buffer_unordered(LOADS_AT_ONCE)
+        .try_collect()
+        .await?;
+    let mut by_test = BTreeMap::new();
+    for test_id in tests.into_iter().flatten() {
+        *by_test.entry(test_id).or_insert(0) += 1;
+    }
+    Ok(Json(Connections {
+        total,
+        by_node: BTreeMap::from([(state.node_id.clone(), total)]),
+        by_test,
+    }))
 }

@@ -1,6 +1,6 @@
-//! The audit API: commit-order paging that never passes over a late commit (PostgreSQL),
-//! the NDJSON export, a user's state rebuilt at any point, `verify` of an unknown user, and
-//! the log of audit reads.
+//! The rest of the audit API: commit-order paging that never passes over a late commit
+//! (PostgreSQL), the NDJSON export, a user's state rebuilt at any point, `verify` of an
+//! unknown user, the log of audit reads, and the live connections.
 
 use std::time::{Duration, Instant};
 
@@ -630,8 +630,59 @@ async fn audit_reads_are_recorded_for_admins(backend: Backend) {
     app.stop().await;
 }
 
+/// Live sessions of this node, by node and by the test of their attempt in progress.
+async fn connections_are_counted(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token("root", Role::Admin);
+    let node = app.state.node_id.clone();
+    let (_, none) = app.get("/api/admin/connections", &admin).await;
+    assert_eq!(
+        none,
+        json!({"total": 0, "by_node": {&node: 0}, "by_test": {}})
+    );
+
+    let idle = app.connect("c-idle").await;
+    let mut busy = app.connect("c-busy").await;
+    let (started, _) = busy.start("demo").await;
+    let (status, counts) = app.get("/api/admin/connections", &admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        counts,
+        json!({"total": 2, "by_node": {&node: 2}, "by_test": {"demo": 1}})
+    );
+
+    // Ended attempts leave by_test at once; closed sockets leave the totals.
+    let id = started["assessment_id"].as_str().unwrap();
+    let (status, _) = send_post(
+        &app,
+        &format!("/api/admin/users/c-busy/assessments/{id}/end"),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, counts) = app.get("/api/admin/connections", &admin).await;
+    assert_eq!(counts["by_test"], json!({}));
+    drop(idle);
+    eventually(&app, "/api/admin/connections", &admin, |counts| {
+        counts == &json!({"total": 1, "by_node": {&node: 1}, "by_test": {}})
+    })
+    .await;
+
+    for role in [Role::Taker, Role::Auditor] {
+        let (status, _) = app
+            .get("/api/admin/connections", &app.token("x", role))
+            .await;
+        assert_eq!(status, 403);
+    }
+    drop(busy);
+    app.stop().await;
+}
+
 crate::on_both_backends!(
     the_export_streams_every_event,
     state_is_rebuilt_from_the_events,
     audit_reads_are_recorded_for_admins,
+    connections_are_counted,
 );

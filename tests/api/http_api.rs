@@ -49,6 +49,8 @@ async fn roles_are_enforced(backend: Backend) {
         ("/api/audit/users/t/state", &taker, 403),
         ("/api/admin/audit-reads", &taker, 403),
         ("/api/admin/audit-reads", &auditor, 403),
+        ("/api/admin/connections", &taker, 403),
+        ("/api/admin/connections", &auditor, 403),
         ("/api/admin/tests", &taker, 403),
         ("/api/admin/tests", &auditor, 403),
         ("/api/tests", &auditor, 403),

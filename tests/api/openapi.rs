@@ -28,6 +28,7 @@ const ROUTES: &[(&str, &str)] = &[
         "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
     ),
     ("GET", "/api/admin/audit-reads"),
+    ("GET", "/api/admin/connections"),
     ("GET", "/api/audit/events"),
     ("GET", "/api/audit/users/{user_id}/events"),
     ("GET", "/api/audit/users/{user_id}/state"),
@@ -542,6 +543,12 @@ async fn replies_have_the_documented_shapes() {
         ),
         (
             "GET",
+            "/api/admin/connections",
+            "/api/admin/connections".to_string(),
+            Some(&admin),
+        ),
+        (
+            "GET",
             "/api/admin/audit-reads",
             "/api/admin/audit-reads".to_string(),
             Some(&admin),
@@ -599,8 +606,8 @@ async fn replies_have_the_documented_shapes() {
     assert_eq!(
         statuses,
         [
-            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 200, 400, 404, 404, 403, 401, 403,
-            201, 200, 422
+            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 200, 200, 400, 404, 404, 403, 401,
+            403, 201, 200, 422
         ],
         "the replies this test means to check"
     );
