@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::commands::CommandError;
+use crate::store::audit::BadCursor;
 use crate::store::StoreError;
 
 /// The protocol's error codes.
@@ -127,6 +128,12 @@ impl From<projections::ProjectionError> for ClientError {
 impl From<StoreError> for ClientError {
     fn from(err: StoreError) -> Self {
         ClientError::internal(&err)
+    }
+}
+
+impl From<BadCursor> for ClientError {
+    fn from(err: BadCursor) -> Self {
+        ClientError::new(ErrorCode::BadRequest, err.to_string())
     }
 }
 

@@ -137,6 +137,11 @@ impl Registry {
         }
     }
 
+    /// The users with a live session on this node, in no particular order.
+    pub fn live_users(&self) -> Vec<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
     pub fn is_live(&self, user_id: &str, session_id: Uuid) -> bool {
         self.sessions()
             .get(user_id)
@@ -166,8 +171,10 @@ mod tests {
         // the old session leaving must not remove the new one
         registry.unregister("alice", old);
         assert!(registry.is_live("alice", new));
+        assert_eq!(registry.live_users(), ["alice"]);
         registry.unregister("alice", new);
         assert!(!registry.is_live("alice", new));
+        assert!(registry.live_users().is_empty());
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
 //!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
 //! - [`audit`]: read-only queries over the event history for auditors.
+//! - [`audit_log`]: the log of those reads (who read whose data, when, how).
 //!
 //! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
 //! by `assessd migrate`.
 
 pub mod audit;
+pub mod audit_log;
 pub mod catalog;
 pub mod chain;
 pub mod streams;

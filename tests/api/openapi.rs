@@ -13,38 +13,54 @@ use serde_json::{json, Value};
 use crate::helpers::{small_test, spawn_app, Backend, TestApp};
 
 /// Every route the router serves, by method and path (in OpenAPI's `{param}` form, which
-/// is axum's too).
-const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/ws"),
-    ("GET", "/api/tests"),
-    ("GET", "/api/admin/tests"),
-    ("PUT", "/api/admin/tests/{test_id}"),
-    ("GET", "/api/me/assessments"),
-    ("GET", "/api/admin/projections"),
-    ("POST", "/api/admin/projections/{name}/rebuild"),
-    ("GET", "/api/admin/jobs/{job_id}"),
+/// is axum's too), with the roles it lets in (none: public, no token needed).
+const ROUTES: &[(&str, &str, &[&str])] = &[
+    ("GET", "/", &[]),
+    ("GET", "/healthz", &[]),
+    ("GET", "/readyz", &[]),
+    ("GET", "/metrics", &[]),
+    ("GET", "/ws", &["taker"]),
+    ("GET", "/api/tests", &["taker"]),
+    ("GET", "/api/admin/tests", &["admin"]),
+    ("PUT", "/api/admin/tests/{test_id}", &["admin"]),
+    ("GET", "/api/me/assessments", &["taker"]),
+    ("GET", "/api/admin/projections", &["admin"]),
+    ("POST", "/api/admin/projections/{name}/rebuild", &["admin"]),
+    ("GET", "/api/admin/jobs/{job_id}", &["admin"]),
     (
         "POST",
         "/api/admin/users/{user_id}/assessments/{assessment_id}/end",
+        &["admin"],
     ),
-    ("GET", "/api/audit/events"),
-    ("GET", "/api/audit/users/{user_id}/events"),
-    ("GET", "/api/audit/users/{user_id}/verify"),
-    ("GET", "/api/openapi.json"),
+    ("GET", "/api/admin/audit-reads", &["admin"]),
+    ("GET", "/api/admin/connections", &["admin"]),
+    ("GET", "/api/audit/events", &["auditor", "admin"]),
+    (
+        "GET",
+        "/api/audit/users/{user_id}/events",
+        &["auditor", "admin"],
+    ),
+    (
+        "GET",
+        "/api/audit/users/{user_id}/state",
+        &["auditor", "admin"],
+    ),
+    (
+        "GET",
+        "/api/audit/users/{user_id}/verify",
+        &["auditor", "admin"],
+    ),
+    ("GET", "/api/openapi.json", &[]),
 ];
 
 const HTTP_METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-fn route_set(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+fn route_set(routes: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String)> {
     routes
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect()
 }
 
@@ -394,6 +410,96 @@ async fn the_documented_roles_are_the_enforced_ones() {
     app.stop().await;
 }
 
+/// A token that is well formed and signed with the server's secret, but expired (beyond
+/// the 5 s leeway).
+fn expired_token() -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let exp = chrono::Utc::now().timestamp() - 600;
+    encode(
+        &Header::default(),
+        &json!({"sub": "someone", "role": "admin", "exp": exp}),
+        &EncodingKey::from_secret(crate::helpers::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Every route in [`ROUTES`], with no token, with bad tokens (garbage, expired, signed with
+/// another secret) and with each role: 401 `unauthorized` for every missing or bad token,
+/// 403 `forbidden` for each role the route does not let in, neither for the roles it does.
+/// Public routes answer whatever the token. The roles in `ROUTES` are the documented ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_bad_tokens_and_wrong_roles() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let document = document(&app).await;
+    let foreign = assessd::auth::JwtKeys::hs256(
+        &assessd::auth::Secret::new("another-secret-0123456789"),
+        None,
+        None,
+    )
+    .mint(
+        "someone",
+        &[Role::Admin],
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let bad_tokens = [
+        ("no token", None),
+        ("garbage", Some("garbage".to_string())),
+        ("expired", Some(expired_token())),
+        ("another secret", Some(foreign)),
+    ];
+    let roles = [
+        ("taker", Role::Taker),
+        ("auditor", Role::Auditor),
+        ("admin", Role::Admin),
+    ];
+    for (method, path, allowed) in ROUTES {
+        let documented: Vec<&str> = document["paths"][path][method.to_lowercase()]["x-roles"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            &documented, allowed,
+            "{method} {path}: ROUTES vs the document"
+        );
+        let concrete = with_placeholders(path);
+        for (what, token) in &bad_tokens {
+            let (status, body) = send(&app, method, &concrete, token.as_deref()).await;
+            if allowed.is_empty() {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} is public, yet {what} gets {status}"
+                );
+            } else {
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (401, Some("unauthorized")),
+                    "{method} {path} with {what}: {body}"
+                );
+            }
+        }
+        for (name, role) in roles {
+            let token = app.token("someone", role);
+            let (status, body) = send(&app, method, &concrete, Some(&token)).await;
+            if allowed.is_empty() || allowed.contains(&name) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} refuses {name}: {status} {body}"
+                );
+            } else {
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "{method} {path} lets {name} in: {body}"
+                );
+            }
+        }
+    }
+    app.stop().await;
+}
+
 /// Checks `value` against `schema` for the parts of JSON Schema the document uses
 /// (`$ref`, `type`, `enum`, `properties`, `required`, `items`, `oneOf`), collecting every
 /// mismatch. Stricter than JSON Schema on purpose: an object whose schema lists properties
@@ -538,8 +644,44 @@ async fn replies_have_the_documented_shapes() {
         ),
         (
             "GET",
+            "/api/audit/users/{user_id}/state",
+            "/api/audit/users/shape/state".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/admin/connections",
+            "/api/admin/connections".to_string(),
+            Some(&admin),
+        ),
+        (
+            "GET",
+            "/api/admin/audit-reads",
+            "/api/admin/audit-reads".to_string(),
+            Some(&admin),
+        ),
+        (
+            "GET",
             "/api/audit/events",
             "/api/audit/events?limit=0".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/audit/users/{user_id}/state",
+            "/api/audit/users/nobody/state".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/audit/users/{user_id}/verify",
+            "/api/audit/users/nobody/verify".to_string(),
+            Some(&auditor),
+        ),
+        (
+            "GET",
+            "/api/admin/audit-reads",
+            "/api/admin/audit-reads".to_string(),
             Some(&auditor),
         ),
         ("GET", "/api/tests", "/api/tests".to_string(), None),
@@ -570,7 +712,10 @@ async fn replies_have_the_documented_shapes() {
     let statuses: Vec<u16> = replies.iter().map(|r| r.2).collect();
     assert_eq!(
         statuses,
-        [200, 200, 200, 200, 200, 409, 200, 200, 200, 400, 401, 403, 201, 200, 422],
+        [
+            200, 200, 200, 200, 200, 409, 200, 200, 200, 200, 200, 200, 400, 404, 404, 403, 401,
+            403, 201, 200, 422
+        ],
         "the replies this test means to check"
     );
     for (method, path, status, body) in &replies {
