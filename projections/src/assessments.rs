@@ -127,7 +127,8 @@ fn clamp(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-const COLUMNS: &str = "user_id, assessment_id, test_id, test_version, title, attempt, status, \
+pub(crate) const COLUMNS: &str =
+    "user_id, assessment_id, test_id, test_version, title, attempt, status, \
     answered, total_questions, score, max_score, passed, reason, started_at, deadline, \
     completed_at, duration_secs";
 
@@ -136,17 +137,11 @@ pub(crate) fn select_sql(table: &str) -> String {
     format!("select {COLUMNS} from {table}")
 }
 
-/// Inserts a row into `table`, or updates what can change of it.
-pub(crate) fn upsert_sql(table: &str) -> String {
-    format!(
-        "insert into {table} ({COLUMNS}) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-         on conflict ({KEY}) do update set status = excluded.status, \
-         answered = excluded.answered, score = excluded.score, passed = excluded.passed, \
-         reason = excluded.reason, completed_at = excluded.completed_at, \
-         duration_secs = excluded.duration_secs"
-    )
-}
+/// What a row already in the view takes from a newer version of itself.
+pub(crate) const ON_CONFLICT: &str = " on conflict (user_id, assessment_id) do update set \
+    status = excluded.status, answered = excluded.answered, score = excluded.score, \
+    passed = excluded.passed, reason = excluded.reason, completed_at = excluded.completed_at, \
+    duration_secs = excluded.duration_secs";
 
 /// Loads the rows `events` touch from `$table`, applies them, and writes the rows back, on
 /// an open transaction of either backend (`$conn` is `&mut` a connection).
@@ -162,7 +157,6 @@ macro_rules! apply_batch {
             "{} where user_id = $1 and assessment_id = $2",
             $crate::assessments::select_sql($table)
         );
-        let upsert = $crate::assessments::upsert_sql($table);
         for (user_id, assessment_id) in &keys {
             let row: Option<$crate::assessments::AssessmentRow> = sqlx::query_as(&select)
                 .bind(user_id)
@@ -176,31 +170,51 @@ macro_rules! apply_batch {
         for event in events {
             $crate::assessments::apply(&mut rows, event);
         }
-        for row in rows.values() {
-            sqlx::query(&upsert)
-                .bind(&row.user_id)
-                .bind(&row.assessment_id)
-                .bind(&row.test_id)
-                .bind(row.test_version)
-                .bind(&row.title)
-                .bind(row.attempt)
-                .bind(&row.status)
-                .bind(row.answered)
-                .bind(row.total_questions)
-                .bind(row.score)
-                .bind(row.max_score)
-                .bind(row.passed)
-                .bind(&row.reason)
-                .bind(row.started_at)
-                .bind(row.deadline)
-                .bind(row.completed_at)
-                .bind(row.duration_secs)
-                .execute(&mut *$conn)
-                .await?;
-        }
+        $crate::assessments::write_rows!($conn, $table, rows.values());
     }};
 }
 pub(crate) use apply_batch;
+
+/// Rows written per statement: 17 parameters each stays far below both backends' limits.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// Inserts or updates `$rows` (an iterator of `&AssessmentRow`) in `$table`, many rows per
+/// statement, on a connection of either backend.
+macro_rules! write_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        let rows: Vec<&$crate::assessments::AssessmentRow> = $rows.collect();
+        for chunk in rows.chunks($crate::assessments::ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(format!(
+                "insert into {} ({}) ",
+                $table,
+                $crate::assessments::COLUMNS
+            ));
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(&row.user_id)
+                    .push_bind(&row.assessment_id)
+                    .push_bind(&row.test_id)
+                    .push_bind(row.test_version)
+                    .push_bind(&row.title)
+                    .push_bind(row.attempt)
+                    .push_bind(&row.status)
+                    .push_bind(row.answered)
+                    .push_bind(row.total_questions)
+                    .push_bind(row.score)
+                    .push_bind(row.max_score)
+                    .push_bind(row.passed)
+                    .push_bind(&row.reason)
+                    .push_bind(row.started_at)
+                    .push_bind(row.deadline)
+                    .push_bind(row.completed_at)
+                    .push_bind(row.duration_secs);
+            });
+            insert.push($crate::assessments::ON_CONFLICT);
+            insert.build().execute(&mut *$conn).await?;
+        }
+    }};
+}
+pub(crate) use write_rows;
 
 /// The attempts of `user_id`, oldest first.
 ///

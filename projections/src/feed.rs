@@ -31,12 +31,13 @@ pub struct FeedEvent {
     pub event: UserEvent,
 }
 
+// The payload is read as text and parsed once into the event (not into a JSON value first).
 const SQLITE_AFTER: &str = "select 0 as tx, global_position, aggregate_id, sequence, payload, \
     recorded_at from events where aggregate_type = 'user' and global_position > $1 \
     order by global_position limit $2";
 
 const POSTGRES_AFTER: &str = "select transaction_id::text::bigint as tx, global_position, \
-    aggregate_id, sequence, payload, recorded_at from events \
+    aggregate_id, sequence, payload::text as payload, recorded_at from events \
     where aggregate_type = 'user' \
       and (transaction_id, global_position) > ($1::text::xid8, $2) \
       and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -145,7 +146,6 @@ where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    serde_json::Value: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let position = Position {
@@ -153,8 +153,8 @@ where
         global: row.try_get("global_position")?,
     };
     let user_id: String = row.try_get("aggregate_id")?;
-    let payload: serde_json::Value = row.try_get("payload")?;
-    let event = match serde_json::from_value::<UserEvent>(payload) {
+    let payload: String = row.try_get("payload")?;
+    let event = match serde_json::from_str::<UserEvent>(&payload) {
         Ok(event) => event,
         Err(e) => {
             return Ok(Err(ProjectionError::BadEvent {

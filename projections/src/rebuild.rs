@@ -22,9 +22,9 @@ use sqlx::Connection;
 use crate::feed::{self, Position};
 use crate::{assessments, Db, ProjectionError};
 
-/// Events applied per transaction while rebuilding: larger than a live batch, since no
-/// reader waits on these.
-const BATCH: i64 = 5_000;
+/// Events read per query while rebuilding: larger than a live batch, since no reader waits
+/// on these.
+const BATCH: i64 = 10_000;
 
 /// How far a rebuild has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,25 +87,18 @@ pub async fn rebuild(
         events_done: 0,
         events_total,
     });
+    // The new table starts empty and sees every event in order, so the rows are folded in
+    // memory (one per attempt) and written once, many per statement, instead of being read
+    // back and written for every batch.
+    let mut rows = assessments::Rows::new();
     loop {
         let events = feed::after(db, position, BATCH).await?;
         let Some(last) = events.last() else {
             break;
         };
         position = last.position;
-        match db {
-            // IMMEDIATE: a batch reads rows, then writes them; a deferred transaction would
-            // be refused at the first write if another writer committed in between.
-            Db::Sqlite(pool) => {
-                let mut tx = pool.begin_with("begin immediate").await?;
-                assessments::apply_batch!(&mut *tx, &shadow, &events);
-                tx.commit().await?;
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                assessments::apply_batch!(&mut *tx, &shadow, &events);
-                tx.commit().await?;
-            }
+        for event in &events {
+            assessments::apply(&mut rows, event);
         }
         done += events.len() as u64;
         progress(Progress {
@@ -114,6 +107,18 @@ pub async fn rebuild(
         });
         if (events.len() as i64) < BATCH {
             break;
+        }
+    }
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin_with("begin immediate").await?;
+            assessments::write_rows!(&mut *tx, &shadow, rows.values());
+            tx.commit().await?;
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            assessments::write_rows!(&mut *tx, &shadow, rows.values());
+            tx.commit().await?;
         }
     }
     swap(db, name, table, &shadow, position, done).await?;
