@@ -12,6 +12,7 @@
 //! - [`checkpoint`]: where each projection stands, moved in the same transaction as its
 //!   rows, refusing a second runner that raced it.
 //! - [`assessments`]: one row per attempt (the test-taker's own history).
+//! - [`test_statistics`]: item analysis per test and version (facility, discrimination).
 //! - [`rebuild`]: a projection rebuilt from the first event beside the live one, then
 //!   swapped in within one transaction.
 //! - [`runner`]: keeps every projection caught up, one runner per projection across
@@ -24,6 +25,7 @@ pub mod db;
 pub mod feed;
 pub mod rebuild;
 pub mod runner;
+pub mod test_statistics;
 
 pub use db::Db;
 pub use feed::Position;

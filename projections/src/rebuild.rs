@@ -20,7 +20,7 @@ use chrono::Utc;
 use sqlx::Connection;
 
 use crate::feed::{self, Position};
-use crate::{assessments, Db, ProjectionError};
+use crate::{assessments, test_statistics, Db, ProjectionError};
 
 /// Events read per query while rebuilding: larger than a live batch, since no reader waits
 /// on these.
@@ -54,11 +54,15 @@ pub async fn rebuild(
     name: &str,
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<Report, ProjectionError> {
-    let (table, key) = match name {
-        assessments::NAME => (assessments::TABLE, assessments::KEY),
+    let tables: &[(&str, &str)] = match name {
+        assessments::NAME => &[(assessments::TABLE, assessments::KEY)],
+        test_statistics::NAME => &[
+            (test_statistics::ATTEMPTS, assessments::KEY),
+            (test_statistics::ANSWERS, test_statistics::ANSWER_KEY),
+        ],
         other => return Err(ProjectionError::Unknown(other.to_string())),
     };
-    let shadow = format!("{table}_rebuild");
+    let shadow = |table: &str| format!("{table}_rebuild");
     let started = Instant::now();
     // One rebuild of a projection at a time across processes (PostgreSQL); the guard is
     // a session lock on a connection that lives as long as this rebuild.
@@ -80,7 +84,9 @@ pub async fn rebuild(
         Db::Sqlite(_) => None,
     };
     let events_total = feed::count_all(db).await?.max(0) as u64;
-    create_shadow(db, table, &shadow, key).await?;
+    for (table, key) in tables {
+        create_shadow(db, table, &shadow(table), key).await?;
+    }
     let mut position = Position::default();
     let mut done = 0u64;
     progress(Progress {
@@ -91,6 +97,7 @@ pub async fn rebuild(
     // memory (one per attempt) and written once, many per statement, instead of being read
     // back and written for every batch.
     let mut rows = assessments::Rows::new();
+    let mut answers = test_statistics::Answers::new();
     loop {
         let events = feed::after(db, position, BATCH).await?;
         let Some(last) = events.last() else {
@@ -99,6 +106,9 @@ pub async fn rebuild(
         position = last.position;
         for event in &events {
             assessments::apply(&mut rows, event);
+            if name == test_statistics::NAME {
+                test_statistics::apply(&mut answers, event);
+            }
         }
         done += events.len() as u64;
         progress(Progress {
@@ -109,19 +119,30 @@ pub async fn rebuild(
             break;
         }
     }
+    // Every view of this crate keeps attempt rows in its first table; the statistics keep
+    // answers in their second.
+    let attempts_table = shadow(tables[0].0);
+    let answers_table = shadow(test_statistics::ANSWERS);
+    macro_rules! write_all {
+        ($tx:ident) => {{
+            assessments::write_rows!(&mut *$tx, &attempts_table, rows.values());
+            if name == test_statistics::NAME {
+                test_statistics::write_answers!(&mut *$tx, &answers_table, answers.values());
+            }
+            $tx.commit().await?;
+        }};
+    }
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_with("begin immediate").await?;
-            assessments::write_rows!(&mut *tx, &shadow, rows.values());
-            tx.commit().await?;
+            write_all!(tx)
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            assessments::write_rows!(&mut *tx, &shadow, rows.values());
-            tx.commit().await?;
+            write_all!(tx)
         }
     }
-    swap(db, name, table, &shadow, position, done).await?;
+    swap(db, name, tables, position, done).await?;
     Ok(Report {
         name: name.to_string(),
         events: done,
@@ -172,13 +193,12 @@ async fn create_shadow(
     Ok(())
 }
 
-/// Puts the rebuilt table in place of the live one and moves the checkpoint to where the
+/// Puts the rebuilt tables in place of the live ones and moves the checkpoint to where the
 /// rebuild stands, in one transaction.
 async fn swap(
     db: &Db,
     name: &str,
-    table: &str,
-    shadow: &str,
+    tables: &[(&str, &str)],
     position: Position,
     events: u64,
 ) -> Result<(), ProjectionError> {
@@ -188,15 +208,19 @@ async fn swap(
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_with("begin immediate").await?;
-            sqlx::query(&format!("delete from {table}"))
+            for (table, _) in tables {
+                sqlx::query(&format!("delete from {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!(
+                    "insert into {table} select * from {table}_rebuild"
+                ))
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(&format!("insert into {table} select * from {shadow}"))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(&format!("drop table {shadow}"))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&format!("drop table {table}_rebuild"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(CHECKPOINT)
                 .bind(position.tx)
                 .bind(position.global)
@@ -210,21 +234,25 @@ async fn swap(
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
             let mut tx = conn.begin().await?;
-            // The table first, then the checkpoint row: the order a runner's batch takes
-            // them in, so the swap waits for a batch in flight instead of deadlocking.
-            sqlx::query(&format!("lock table {table} in access exclusive mode"))
-                .execute(&mut *tx)
-                .await?;
+            // The tables first (in the order a runner's batch writes them), then the
+            // checkpoint row: the swap waits for a batch in flight instead of deadlocking.
+            for (table, _) in tables {
+                sqlx::query(&format!("lock table {table} in access exclusive mode"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query("select name from projection_checkpoints where name = $1 for update")
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(&format!("drop table {table}"))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(&format!("alter table {shadow} rename to {table}"))
-                .execute(&mut *tx)
-                .await?;
+            for (table, _) in tables {
+                sqlx::query(&format!("drop table {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!("alter table {table}_rebuild rename to {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(CHECKPOINT)
                 .bind(position.tx)
                 .bind(position.global)

@@ -18,10 +18,10 @@ use tokio::sync::{watch, Mutex, Notify};
 
 use crate::checkpoint::{self, Checkpoint, ADVANCE};
 use crate::feed::{self, Position};
-use crate::{assessments, Db, ProjectionError};
+use crate::{assessments, test_statistics, Db, ProjectionError};
 
 /// Every projection, by name.
-pub const ALL: &[&str] = &[assessments::NAME];
+pub const ALL: &[&str] = &[assessments::NAME, test_statistics::NAME];
 
 /// Events applied per transaction.
 const BATCH: i64 = 500;
@@ -159,6 +159,13 @@ impl Projections {
             ($tx:ident) => {{
                 if name == assessments::NAME {
                     assessments::apply_batch!(&mut *$tx, assessments::TABLE, &events);
+                } else if name == test_statistics::NAME {
+                    test_statistics::apply_batch!(
+                        &mut *$tx,
+                        test_statistics::ATTEMPTS,
+                        test_statistics::ANSWERS,
+                        &events
+                    );
                 }
                 let moved = sqlx::query(ADVANCE)
                     .bind(to.tx)

@@ -3,6 +3,7 @@
 //! - [`home`]: `GET /`, health, readiness and metrics.
 //! - [`socket`]: the WebSocket upgrade at `/ws`.
 //! - [`catalog`]: the tests a taker may take, and test definitions for admins.
+//! - [`statistics`]: item statistics of a test, for admins.
 //! - [`me`]: a test-taker's own attempts, from the read model.
 //! - [`projections`]: the read models for admins: state, lag, rebuild jobs.
 //! - [`admin`]: admin commands on a user's stream.
@@ -22,6 +23,7 @@ pub mod me;
 pub mod openapi;
 pub mod projections;
 pub mod socket;
+pub mod statistics;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -39,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .merge(socket::routes())
         .merge(catalog::routes())
         .merge(me::routes())
+        .merge(statistics::routes())
         .merge(projections::routes())
         .merge(admin::routes())
         .merge(audit::routes())

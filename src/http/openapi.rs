@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, audit, catalog, home, me, projections, socket};
+use super::{admin, audit, catalog, home, me, projections, socket, statistics};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -46,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         catalog::admin_list_tests,
         catalog::admin_put_test,
         me::my_assessments,
+        statistics::test_statistics,
         projections::list_projections,
         projections::rebuild_projection,
         projections::get_job,

@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ("GET", "/api/admin/tests", &["admin"]),
     ("PUT", "/api/admin/tests/{test_id}", &["admin"]),
     ("GET", "/api/me/assessments", &["taker"]),
+    ("GET", "/api/admin/tests/{test_id}/statistics", &["admin"]),
     ("GET", "/api/admin/projections", &["admin"]),
     ("POST", "/api/admin/projections/{name}/rebuild", &["admin"]),
     ("GET", "/api/admin/jobs/{job_id}", &["admin"]),

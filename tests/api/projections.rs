@@ -236,13 +236,14 @@ async fn caught_up(state: &assessd::state::AppState) {
     let db = state.projections.db();
     let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
     loop {
-        state.projections.catch_up("assessments").await.unwrap();
-        let checkpoint = projections::checkpoint::read(&db, "assessments")
-            .await
-            .unwrap();
-        let left = projections::feed::count_after(&db, checkpoint.position)
-            .await
-            .unwrap();
+        let mut left = 0;
+        for name in projections::runner::ALL {
+            state.projections.catch_up(name).await.unwrap();
+            let checkpoint = projections::checkpoint::read(&db, name).await.unwrap();
+            left += projections::feed::count_after(&db, checkpoint.position)
+                .await
+                .unwrap();
+        }
         if left == 0 {
             return;
         }
@@ -383,7 +384,98 @@ async fn projection_admin_endpoints_refuse_what_they_must(backend: Backend) {
     app.stop().await;
 }
 
+/// Three finished attempts and one under way: the figures an admin gets follow from the
+/// answers, and a rebuild of the statistics gives the same.
+async fn test_statistics_follow_from_the_answers(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let wrong = |q: &str| match q {
+        "q1" => json!("a"),
+        "q2" => json!(["b"]),
+        "q3" => json!("b"),
+        _ => json!("no idea"),
+    };
+    // u1 all right (6 points), u2 all but q1 (5), u3 nothing (0); u4 only starts.
+    for (user, right) in [("u1", 4), ("u2", 3), ("u3", 0)] {
+        let mut client = app.connect(user).await;
+        let (started, mut question) = client.start("demo").await;
+        let id = started["assessment_id"].as_str().unwrap().to_string();
+        loop {
+            let q = question["question_id"].as_str().unwrap().to_string();
+            let good = match right {
+                4 => true,
+                3 => q != "q1",
+                _ => false,
+            };
+            let answer = if good { demo_answer(&q) } else { wrong(&q) };
+            let (_, _, next) = client.answer(&id, &q, answer).await;
+            if next["type"] == "ASSESSMENT_COMPLETED" {
+                break;
+            }
+            question = next;
+        }
+    }
+    app.connect("u4").await.start("demo").await;
+    caught_up(&app.state).await;
+    let admin = app.token("root", Role::Admin);
+    let (status, stats) = app.get("/api/admin/tests/demo/statistics", &admin).await;
+    assert_eq!(status, 200, "{stats}");
+    let v = &stats["versions"][0];
+    assert_eq!(v["version"], 1);
+    assert_eq!(
+        (
+            v["attempts_started"].as_u64(),
+            v["attempts_completed"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    assert!(
+        (v["mean_score"].as_f64().unwrap() - 11.0 / 3.0).abs() < 1e-9,
+        "{v}"
+    );
+    assert!(
+        (v["pass_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{v}"
+    );
+    let q = |id: &str| {
+        v["questions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["question_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let close = |value: &serde_json::Value, expected: f64| {
+        (value.as_f64().unwrap() - expected).abs() < 1e-9
+    };
+    assert!(close(&q("q1")["facility"], 1.0 / 3.0), "{}", q("q1"));
+    assert!(close(&q("q1")["discrimination"], 1.0), "{}", q("q1"));
+    assert!(close(&q("q2")["facility"], 2.0 / 3.0), "{}", q("q2"));
+    assert_eq!(q("q4")["answered"], 3);
+    let ids: Vec<_> = v["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("q1"), json!("q2"), json!("q3"), json!("q4")]);
+
+    projections::rebuild::rebuild(&app.state.projections.db(), "test_statistics", |_| {})
+        .await
+        .unwrap();
+    let (_, rebuilt) = app.get("/api/admin/tests/demo/statistics", &admin).await;
+    assert_eq!(stats, rebuilt);
+    assert_eq!(
+        app.get("/api/admin/tests/nope/statistics", &admin).await.0,
+        404
+    );
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    test_statistics_follow_from_the_answers,
     a_rebuild_during_live_answering_equals_a_quiet_one,
     projection_admin_endpoints_refuse_what_they_must,
 );
@@ -431,6 +523,28 @@ async fn the_live_view_equals_the_rebuilt_one(backend: Backend) {
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(live, rebuilt);
+                // The statistics too, for both tests the histories use.
+                let facts = || async {
+                    let mut all = Vec::new();
+                    for test in ["timed", "untimed"] {
+                        let (mut attempts, mut answers) =
+                            projections::test_statistics::facts_of(&db, test)
+                                .await
+                                .unwrap();
+                        attempts.sort_by(|a, b| a.assessment_id.cmp(&b.assessment_id));
+                        answers.sort_by(|a, b| {
+                            (&a.assessment_id, &a.question_id)
+                                .cmp(&(&b.assessment_id, &b.question_id))
+                        });
+                        all.push(format!("{attempts:?}{answers:?}"));
+                    }
+                    all
+                };
+                let live = facts().await;
+                projections::rebuild::rebuild(&db, "test_statistics", |_| {})
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(live, facts().await);
                 Ok(())
             })
         })
