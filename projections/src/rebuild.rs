@@ -202,33 +202,34 @@ async fn swap(
     position: Position,
     events: u64,
 ) -> Result<(), ProjectionError> {
-    const CHECKPOINT: &str = "update projection_checkpoints set tx = $1, position = $2, \
-        events_applied = $3, last_rebuilt_at = $4, updated_at = $4 where name = $5";
-    let now = Utc::now();
+    macro_rules! move_checkpoint {
+        ($tx:ident) => {
+            sqlx::query(
+                "update projection_checkpoints set tx = $1, position = $2, \
+                 events_applied = $3, last_rebuilt_at = $4, updated_at = $4 where name = $5",
+            )
+            .bind(position.tx)
+            .bind(position.global)
+            .bind(events as i64)
+            .bind(Utc::now())
+            .bind(name)
+            .execute(&mut *$tx)
+            .await?
+        };
+    }
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_with("begin immediate").await?;
             for (table, _) in tables {
-                sqlx::query(&format!("delete from {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "insert into {table} select * from {table}_rebuild"
-                ))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(&format!("drop table {table}_rebuild"))
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    format!("delete from {table}"),
+                    format!("insert into {table} select * from {table}_rebuild"),
+                    format!("drop table {table}_rebuild"),
+                ] {
+                    sqlx::query(&sql).execute(&mut *tx).await?;
+                }
             }
-            sqlx::query(CHECKPOINT)
-                .bind(position.tx)
-                .bind(position.global)
-                .bind(events as i64)
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            move_checkpoint!(tx);
             tx.commit().await?;
         }
         Db::Postgres(pool) => {
@@ -246,21 +247,14 @@ async fn swap(
                 .execute(&mut *tx)
                 .await?;
             for (table, _) in tables {
-                sqlx::query(&format!("drop table {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!("alter table {table}_rebuild rename to {table}"))
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    format!("drop table {table}"),
+                    format!("alter table {table}_rebuild rename to {table}"),
+                ] {
+                    sqlx::query(&sql).execute(&mut *tx).await?;
+                }
             }
-            sqlx::query(CHECKPOINT)
-                .bind(position.tx)
-                .bind(position.global)
-                .bind(events as i64)
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            move_checkpoint!(tx);
             tx.commit().await?;
         }
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{list, require, Caller};
+use super::{list, page_limit, query_params, require, Caller};
 use crate::auth::Role;
 use crate::commands::{self, Origin};
 use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
@@ -143,9 +143,6 @@ pub struct AuditReadPage {
     pub next_cursor: Option<String>,
 }
 
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
-
 /// `GET /api/admin/audit-reads`: who read whose data through the audit API.
 #[utoipa::path(
     get,
@@ -176,14 +173,8 @@ async fn audit_reads(
     params: Result<Query<ReadsParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require(&identity, &[Role::Admin])?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let params = query_params(params)?;
+    let limit = page_limit(params.limit)?;
     let after = params
         .cursor
         .as_deref()

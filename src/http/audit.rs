@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{list, require, Caller};
+use super::{list, page_limit, query_params, require, Caller};
 use crate::auth::{Identity, Role};
 use crate::error::{ApiError, ClientError, ErrorBody, ErrorCode};
 use crate::state::AppState;
@@ -88,8 +88,6 @@ pub struct AuditEventPage {
     pub next_cursor: Option<String>,
 }
 
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
 /// Events fetched per query of an export: the most the export holds in memory at once.
 const EXPORT_BATCH: i64 = 1000;
 
@@ -105,12 +103,6 @@ fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
                 .map_err(|_| bad_request(format!("{name} must be an RFC 3339 time")))
         })
         .transpose()
-}
-
-fn query_params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    params
-        .map(|Query(p)| p)
-        .map_err(|e| bad_request(e.body_text()))
 }
 
 /// Whether the caller asked for the NDJSON export: `Accept` names `application/x-ndjson`
@@ -184,10 +176,7 @@ async fn audit_listing(
             "the NDJSON export has no pages: limit and cursor do not apply to it",
         ));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
-    }
+    let limit = page_limit(params.limit)?;
     let filter = AuditFilter {
         user_id: params.user_id.clone(),
         assessment_id: params.assessment_id.clone(),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{require, Caller};
+use super::{page_limit, query_params, require, Caller};
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
@@ -20,9 +20,6 @@ use crate::state::AppState;
 /// How long a read waits for the projection to catch up with the caller's own writes
 /// before it answers with what is there.
 pub const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
-
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1000;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/me/assessments", get(my_assessments))
@@ -33,7 +30,7 @@ pub fn routes() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 struct PageParams {
     /// 1 to 1000; default 100.
-    limit: Option<usize>,
+    limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
@@ -66,14 +63,9 @@ async fn my_assessments(
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<MyAssessmentPage>, ApiError> {
     require(&identity, &[Role::Taker])?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let params = query_params(params)?;
+    // In range 1..=1000 once checked, so the conversion cannot fail.
+    let limit = usize::try_from(page_limit(params.limit)?).unwrap_or(1);
     let start = match params.cursor.as_deref() {
         None => 0,
         Some(c) => c

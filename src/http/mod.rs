@@ -25,7 +25,8 @@ pub mod projections;
 pub mod socket;
 pub mod statistics;
 
-use axum::extract::FromRequestParts;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -71,6 +72,30 @@ pub fn require(identity: &Identity, roles: &[Role]) -> Result<(), ApiError> {
             "your role may not use this endpoint",
         ))
     }
+}
+
+/// The page size of a list when the caller names none, and the most it may ask for.
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// A list's `limit` parameter, checked (400 outside 1 to [`MAX_LIMIT`]).
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ))
+    }
+}
+
+/// Query parameters, or 400 saying what is wrong with them.
+pub fn query_params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    params
+        .map(|Query(p)| p)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
 }
 
 /// The list envelope of every list response. The OpenAPI document describes it once per
