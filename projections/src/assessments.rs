@@ -175,43 +175,12 @@ macro_rules! apply_batch {
 }
 pub(crate) use apply_batch;
 
-/// Rows written per statement: 17 parameters each stays far below both backends' limits.
-pub(crate) const ROWS_PER_STATEMENT: usize = 500;
-
-/// Inserts or updates `$rows` (an iterator of `&AssessmentRow`) in `$table`, many rows per
-/// statement, on a connection of either backend.
+/// Inserts or updates `$rows` (an iterator of `&AssessmentRow`) in `$table`, on an open
+/// transaction of either backend.
 macro_rules! write_rows {
     ($conn:expr, $table:expr, $rows:expr) => {{
         let rows: Vec<&$crate::assessments::AssessmentRow> = $rows.collect();
-        for chunk in rows.chunks($crate::assessments::ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new(format!(
-                "insert into {} ({}) ",
-                $table,
-                $crate::assessments::COLUMNS
-            ));
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(&row.user_id)
-                    .push_bind(&row.assessment_id)
-                    .push_bind(&row.test_id)
-                    .push_bind(row.test_version)
-                    .push_bind(&row.title)
-                    .push_bind(row.attempt)
-                    .push_bind(&row.status)
-                    .push_bind(row.answered)
-                    .push_bind(row.total_questions)
-                    .push_bind(row.score)
-                    .push_bind(row.max_score)
-                    .push_bind(row.passed)
-                    .push_bind(&row.reason)
-                    .push_bind(row.started_at)
-                    .push_bind(row.deadline)
-                    .push_bind(row.completed_at)
-                    .push_bind(row.duration_secs);
-            });
-            insert.push($crate::assessments::ON_CONFLICT);
-            insert.build().execute(&mut *$conn).await?;
-        }
+        $crate::bulk::Bulk::write_attempts(&mut *$conn, $table, &rows).await?;
     }};
 }
 pub(crate) use write_rows;

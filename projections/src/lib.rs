@@ -15,11 +15,13 @@
 //! - [`test_statistics`]: item analysis per test and version (facility, discrimination).
 //! - [`rebuild`]: a projection rebuilt from the first event beside the live one, then
 //!   swapped in within one transaction.
+//! - `bulk`: many rows written at once, the fastest way each backend offers.
 //! - [`runner`]: keeps every projection caught up, one runner per projection across
 //!   processes, and lets a reader wait for its own writes.
 #![forbid(unsafe_code)]
 
 pub mod assessments;
+mod bulk;
 pub mod checkpoint;
 pub mod db;
 pub mod feed;
@@ -48,6 +50,9 @@ pub enum ProjectionError {
     /// Another runner moved the checkpoint first; this batch was rolled back.
     #[error("projection {0} was advanced by another runner")]
     Raced(String),
+    /// A background part of the work ended without saying why.
+    #[error("{0}")]
+    Failed(String),
     /// A rebuild of this projection is already running.
     #[error("a rebuild of projection {0} is already running")]
     Busy(String),

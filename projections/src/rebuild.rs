@@ -37,76 +37,116 @@ pub struct Progress {
 /// What a finished rebuild did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    pub name: String,
+    pub names: Vec<String>,
     pub events: u64,
     pub took: Duration,
     pub position: Position,
+}
+
+/// The tables of projection `name`, each with the columns that key it. The first holds
+/// attempt rows (the same rows for every projection of this crate).
+fn tables_of(name: &str) -> Result<&'static [(&'static str, &'static str)], ProjectionError> {
+    match name {
+        assessments::NAME => Ok(&[(assessments::TABLE, assessments::KEY)]),
+        test_statistics::NAME => Ok(&[
+            (test_statistics::ATTEMPTS, assessments::KEY),
+            (test_statistics::ANSWERS, test_statistics::ANSWER_KEY),
+        ]),
+        other => Err(ProjectionError::Unknown(other.to_string())),
+    }
+}
+
+fn shadow(table: &str) -> String {
+    format!("{table}_rebuild")
 }
 
 /// Rebuilds `name` from the first event and swaps it in, calling `progress` after every
 /// batch.
 ///
 /// # Errors
-/// [`ProjectionError::Unknown`] for a name that is not a projection; a database error or
-/// an unreadable event (then the live view is left as it was).
+/// As [`rebuild_many`].
 pub async fn rebuild(
     db: &Db,
     name: &str,
+    progress: impl FnMut(Progress) + Send,
+) -> Result<Report, ProjectionError> {
+    rebuild_many(db, &[name], progress).await
+}
+
+/// Rebuilds every projection in `names` from the first event, reading the history once for
+/// all of them, and swaps each in, calling `progress` after every batch.
+///
+/// # Errors
+/// [`ProjectionError::Unknown`] for a name that is not a projection,
+/// [`ProjectionError::Busy`] when another rebuild of one of them runs; a database error or
+/// an unreadable event (then the live views are left as they were).
+pub async fn rebuild_many(
+    db: &Db,
+    names: &[&str],
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<Report, ProjectionError> {
-    let tables: &[(&str, &str)] = match name {
-        assessments::NAME => &[(assessments::TABLE, assessments::KEY)],
-        test_statistics::NAME => &[
-            (test_statistics::ATTEMPTS, assessments::KEY),
-            (test_statistics::ANSWERS, test_statistics::ANSWER_KEY),
-        ],
-        other => return Err(ProjectionError::Unknown(other.to_string())),
-    };
-    let shadow = |table: &str| format!("{table}_rebuild");
     let started = Instant::now();
-    // One rebuild of a projection at a time across processes (PostgreSQL); the guard is
-    // a session lock on a connection that lives as long as this rebuild.
-    let _guard = match db {
-        Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await?.detach();
-            let taken: bool = sqlx::query_scalar(
-                "select pg_try_advisory_lock(hashtext('assessd.rebuild'), hashtext($1))",
-            )
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-            if !taken {
-                let _ = conn.close().await;
-                return Err(ProjectionError::Busy(name.to_string()));
-            }
-            Some(conn)
-        }
-        Db::Sqlite(_) => None,
-    };
-    let events_total = feed::count_all(db).await?.max(0) as u64;
-    for (table, key) in tables {
-        create_shadow(db, table, &shadow(table), key).await?;
+    let mut names: Vec<&str> = names.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let mut tables = Vec::new();
+    for name in &names {
+        tables.push((*name, tables_of(name)?));
     }
-    let mut position = Position::default();
-    let mut done = 0u64;
+    let _guards = guard(db, &names).await?;
+    let events_total = feed::count_all(db).await?.max(0) as u64;
+    for (_, of_name) in &tables {
+        for (table, key) in *of_name {
+            create_shadow(db, table, &shadow(table), key).await?;
+        }
+    }
     progress(Progress {
         events_done: 0,
         events_total,
     });
-    // The new table starts empty and sees every event in order, so the rows are folded in
-    // memory (one per attempt) and written once, many per statement, instead of being read
-    // back and written for every batch.
+    // Reading the next batch (the database's work) overlaps folding this one (ours).
+    let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut position = Position::default();
+            loop {
+                let events = feed::after(&db, position, BATCH).await;
+                let (last, full) = match &events {
+                    Ok(events) => (
+                        events.last().map(|e| e.position),
+                        events.len() as i64 == BATCH,
+                    ),
+                    Err(_) => (None, false),
+                };
+                let empty = matches!(&events, Ok(events) if events.is_empty());
+                if !empty && batches.send(events).await.is_err() {
+                    return;
+                }
+                match last {
+                    Some(last) if full => position = last,
+                    _ => return,
+                }
+            }
+        })
+    };
+    // Every new table starts empty and sees every event in order, so the rows are folded
+    // in memory (one per attempt, shared by every view) and written once, many per
+    // statement, instead of being read back and written for every batch.
     let mut rows = assessments::Rows::new();
     let mut answers = test_statistics::Answers::new();
-    loop {
-        let events = feed::after(db, position, BATCH).await?;
+    let with_answers = names.contains(&test_statistics::NAME);
+    let mut position = Position::default();
+    let mut done = 0u64;
+    while let Some(events) = incoming.recv().await {
+        let events = events?;
         let Some(last) = events.last() else {
-            break;
+            continue;
         };
         position = last.position;
         for event in &events {
             assessments::apply(&mut rows, event);
-            if name == test_statistics::NAME {
+            if with_answers {
                 test_statistics::apply(&mut answers, event);
             }
         }
@@ -115,40 +155,63 @@ pub async fn rebuild(
             events_done: done,
             events_total: events_total.max(done),
         });
-        if (events.len() as i64) < BATCH {
-            break;
-        }
     }
-    // Every view of this crate keeps attempt rows in its first table; the statistics keep
-    // answers in their second.
-    let attempts_table = shadow(tables[0].0);
-    let answers_table = shadow(test_statistics::ANSWERS);
-    macro_rules! write_all {
-        ($tx:ident) => {{
-            assessments::write_rows!(&mut *$tx, &attempts_table, rows.values());
-            if name == test_statistics::NAME {
-                test_statistics::write_answers!(&mut *$tx, &answers_table, answers.values());
+    reader
+        .await
+        .map_err(|e| ProjectionError::Failed(format!("the history reader stopped: {e}")))?;
+    for (name, of_name) in &tables {
+        let attempts_table = shadow(of_name[0].0);
+        let answers_table = shadow(test_statistics::ANSWERS);
+        macro_rules! write_all {
+            ($tx:ident) => {{
+                assessments::write_rows!(&mut *$tx, &attempts_table, rows.values());
+                if *name == test_statistics::NAME {
+                    test_statistics::write_answers!(&mut *$tx, &answers_table, answers.values());
+                }
+                $tx.commit().await?;
+            }};
+        }
+        match db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("begin immediate").await?;
+                write_all!(tx)
             }
-            $tx.commit().await?;
-        }};
-    }
-    match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin_with("begin immediate").await?;
-            write_all!(tx)
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                write_all!(tx)
+            }
         }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            write_all!(tx)
-        }
+        swap(db, name, of_name, position, done).await?;
     }
-    swap(db, name, tables, position, done).await?;
     Ok(Report {
-        name: name.to_string(),
+        names: names.iter().map(|n| n.to_string()).collect(),
         events: done,
         took: started.elapsed(),
         position,
     })
+}
+
+/// One rebuild of a projection at a time across processes (PostgreSQL): session locks on
+/// a connection that lives as long as the returned guard.
+async fn guard(db: &Db, names: &[&str]) -> Result<Option<sqlx::PgConnection>, ProjectionError> {
+    let Db::Postgres(pool) = db else {
+        return Ok(None);
+    };
+    let mut conn = pool.acquire().await?.detach();
+    for name in names {
+        let taken: bool = sqlx::query_scalar(
+            "select pg_try_advisory_lock(hashtext('assessd.rebuild'), hashtext($1))",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+        if !taken {
+            // Closing the connection lets go of the locks taken so far.
+            let _ = conn.close().await;
+            return Err(ProjectionError::Busy(name.to_string()));
+        }
+    }
+    Ok(Some(conn))
 }
 
 /// A fresh, empty table beside `table`, with its columns and a unique `key`. A table left

@@ -60,27 +60,12 @@ pub fn apply(answers: &mut Answers, event: &FeedEvent) {
     }
 }
 
-/// Inserts `$answers` (an iterator of `&AnswerRow`) into `$table`, many per statement; an
-/// answer is graded once, so one already there is kept.
+/// Inserts `$answers` (an iterator of `&AnswerRow`) into `$table`; an answer is graded
+/// once, so one already there is kept.
 macro_rules! write_answers {
     ($conn:expr, $table:expr, $answers:expr) => {{
         let answers: Vec<&$crate::test_statistics::AnswerRow> = $answers.collect();
-        for chunk in answers.chunks($crate::assessments::ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new(format!(
-                "insert into {} (user_id, assessment_id, question_id, score, max_score) ",
-                $table
-            ));
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(&row.user_id)
-                    .push_bind(&row.assessment_id)
-                    .push_bind(&row.question_id)
-                    .push_bind(row.score)
-                    .push_bind(row.max_score);
-            });
-            insert.push(" on conflict (user_id, assessment_id, question_id) do nothing");
-            insert.build().execute(&mut *$conn).await?;
-        }
+        $crate::bulk::Bulk::write_answers(&mut *$conn, $table, &answers).await?;
     }};
 }
 pub(crate) use write_answers;
