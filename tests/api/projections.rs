@@ -558,3 +558,76 @@ async fn the_live_view_equals_the_rebuilt_one(backend: Backend) {
 }
 
 crate::on_both_backends!(the_live_view_equals_the_rebuilt_one);
+
+/// Two server processes on one PostgreSQL database: each projection is run by one of them
+/// only (one holder of its advisory lock), and the view is still complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_run_each_projection_once() {
+    let Some(first) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let mut settings = assessd::config::Settings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        first.db.url.clone(),
+        assessd::auth::Secret::new(crate::helpers::SECRET),
+    );
+    settings.db_pool = 4;
+    settings.node_id = "second".into();
+    let second = assessd::Application::build(settings).await.unwrap();
+    let second_state = second.state();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(second.run_until(async move {
+        let _ = stopped.await;
+    }));
+    // Users on both nodes.
+    for (i, state) in [&first.state, &second_state].into_iter().enumerate() {
+        let demo = state.catalog.latest("demo").await.unwrap().unwrap();
+        let start = UserCommand::StartAssessment {
+            test: demo.clone(),
+            assessment_id: format!("n{i}"),
+            question_order: demo.questions.iter().map(|q| q.id.clone()).collect(),
+            now: Utc::now(),
+        };
+        let origin = assessd::commands::Origin::Admin {
+            admin_id: "seed".into(),
+        };
+        assessd::commands::execute(state, &format!("node-user-{i}"), start, &origin)
+            .await
+            .unwrap();
+    }
+    // Both nodes try to catch up; only the holder of a projection's lock applies events.
+    second_state
+        .projections
+        .catch_up("assessments")
+        .await
+        .unwrap();
+    caught_up(&first.state).await;
+    second_state
+        .projections
+        .catch_up("assessments")
+        .await
+        .unwrap();
+    let rows = projections::assessments::all(&first.state.projections.db())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "every attempt once: {rows:?}");
+    let Database::Postgres(pool) = &first.state.db else {
+        unreachable!("a PostgreSQL test");
+    };
+    for name in projections::runner::ALL {
+        let holders: i64 = sqlx::query_scalar(
+            "select count(distinct pid) from pg_locks where locktype = 'advisory' \
+             and granted and classid::int = hashtext('assessd.projection') \
+             and objid::int = hashtext($1) and database = (select oid from pg_database \
+             where datname = current_database())",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(holders, 1, "{name} is run by exactly one node");
+    }
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+    first.stop().await;
+}
