@@ -32,41 +32,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database, applies migrations, loads the demo test when missing and
-    /// binds the listener (port 0 picks a free port).
+    /// Builds the shared state ([`state`]) and binds the listener (port 0 picks a free
+    /// port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = Database::connect(&settings.database_url, settings.db_pool).await?;
-        db.migrate().await?;
-        let catalog = Catalog::new(db.clone());
-        if settings.load_demo {
-            definitions::ensure_demo_loaded(&catalog).await?;
-        }
+        let state = state(&settings).await?;
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("Failed to bind {}", settings.bind))?;
-        let keys = settings.jwt_keys()?;
-        let projections = projections::Projections::new(db.for_projections());
-        projections
-            .prepare()
-            .await
-            .context("Failed to prepare the read models")?;
-        let limits = settings.limits.clone();
-        let state = AppState::new(Shared {
-            streams: Streams::new(&db, settings.snapshot_every),
-            db,
-            catalog,
-            keys,
-            registry: Registry::new(limits.max_connections),
-            metrics: Metrics::new(),
-            projections,
-            jobs: Default::default(),
-            rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
-            limits,
-            node_id: settings.node_id.clone(),
-            tutor: Arc::new(OfflineTutor),
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
-        });
         Ok(Self {
             listener,
             state,
@@ -139,6 +111,42 @@ impl Application {
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// The state a server shares between its requests and sessions: connects to the database,
+/// applies migrations, loads the demo test when missing and prepares the read models. The
+/// server builds it, and so does `assessd dev seed`, whose commands must take exactly the
+/// server's path.
+pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
+    let db = Database::connect(&settings.database_url, settings.db_pool).await?;
+    db.migrate().await?;
+    let catalog = Catalog::new(db.clone());
+    if settings.load_demo {
+        definitions::ensure_demo_loaded(&catalog).await?;
+    }
+    let keys = settings.jwt_keys()?;
+    let projections = projections::Projections::new(db.for_projections());
+    projections
+        .prepare()
+        .await
+        .context("Failed to prepare the read models")?;
+    let limits = settings.limits.clone();
+    Ok(AppState::new(Shared {
+        streams: Streams::new(&db, settings.snapshot_every),
+        db,
+        catalog,
+        keys,
+        registry: Registry::new(limits.max_connections),
+        metrics: Metrics::new(),
+        projections,
+        jobs: Default::default(),
+        rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
+        limits,
+        node_id: settings.node_id.clone(),
+        tutor: Arc::new(OfflineTutor),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+    }))
 }
 
 /// The whole HTTP surface with its request log.

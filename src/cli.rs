@@ -1,16 +1,21 @@
-//! The subcommands: `serve` (the default), `migrate`, `token`, `tests import`. Each says on
+//! The subcommands: `serve` (the default), `migrate`, `token`, `tests import`,
+//! `projections rebuild`, `dev seed`. Each says on
 //! stderr which database and which secret it uses, and warns when it has just created one,
 //! so that running it from another directory cannot silently start from scratch. Stdout
 //! carries only the result, for scripts.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::auth::{resolve_secret, JwtKeys, Secret, SecretSource};
 use crate::config::{
-    default_node_id, Cli, Command, ImportArgs, KeyArgs, ServeArgs, Settings, TestsCommand,
+    default_node_id, Cli, Command, DevCommand, ImportArgs, KeyArgs, ProjectionsCommand,
+    RebuildArgs, SeedArgs, ServeArgs, Settings, TestsCommand,
 };
 use crate::store::catalog::Catalog;
 use crate::store::{absolute, Database, Location};
@@ -45,7 +50,154 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Tests(TestsCommand::Import(args))) => import(args).await,
+        Some(Command::Projections(ProjectionsCommand::Rebuild(args))) => rebuild(args).await,
+        Some(Command::Dev(DevCommand::Seed(args))) => seed(args).await,
     }
+}
+
+/// `projections rebuild`: each read model rebuilt beside the live one and swapped in, as the
+/// admin API does it, so a server may keep running meanwhile.
+async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    let known = projections::runner::ALL;
+    let names: Vec<&str> = match (&args.name, args.all) {
+        (_, true) => known.to_vec(),
+        (Some(name), false) => match known.iter().find(|k| **k == name.as_str()) {
+            Some(name) => vec![*name],
+            None => anyhow::bail!(
+                "no read model named {name:?}; the read models are: {}",
+                known.join(", ")
+            ),
+        },
+        (None, false) => anyhow::bail!("name a read model, or pass --all"),
+    };
+    let db = open_database(&args.database.database_url).await?;
+    db.migrate().await?;
+    // The swap moves the checkpoint row; without one (a database no server has run on) it
+    // would move nothing, and a server would later apply every event again on top.
+    let read_models = projections::Projections::new(db.for_projections());
+    read_models
+        .prepare()
+        .await
+        .context("Failed to prepare the read models")?;
+    for name in names {
+        let bar = progress_bar(name, "events");
+        let report = projections::rebuild::rebuild(&read_models.db(), name, |progress| {
+            bar.set_length(progress.events_total);
+            bar.set_position(progress.events_done);
+        })
+        .await
+        .with_context(|| format!("Failed to rebuild {name}; the live read model is unchanged"))?;
+        bar.finish_and_clear();
+        println!(
+            "rebuilt {name}: {} events in {} ({} events/s)",
+            report.events,
+            seconds(report.took),
+            per_second(report.events, report.took)
+        );
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// `dev seed`: synthetic attempts through the server's command path ([`crate::dev`]).
+async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let location = Location::of(url)?;
+    eprintln!("database: {location}");
+    let new_file = new_sqlite_file(&location);
+    // The server's own state, so the commands take exactly its path. No listener is bound
+    // and nothing is signed or verified: the address and the secret are placeholders.
+    let settings = Settings::new(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        url.clone(),
+        Secret::ephemeral(),
+    );
+    let state = crate::app::state(&settings).await?;
+    if let Some(file) = new_file {
+        eprintln!("warning: {}", created_database(&file));
+    }
+    let plan = crate::dev::Plan {
+        attempts: args.attempts,
+        users: args.users,
+        concurrency: args.concurrency,
+        test_id: args.test.clone(),
+    };
+    let bar = progress_bar("seed", "attempts");
+    bar.set_length(plan.attempts);
+    let plain = bar.is_hidden();
+    let shown = bar.clone();
+    let outcome = crate::dev::seed(&state, &plan, move |progress| {
+        shown.set_position(progress.attempts_done);
+        // Without a terminal, a line at every tenth of the way.
+        let tenth = |n: u64| n * 10 / progress.attempts_total.max(1);
+        if plain && tenth(progress.attempts_done) > tenth(progress.attempts_done.saturating_sub(1))
+        {
+            eprintln!(
+                "seeded {} of {} attempts ({} events)",
+                progress.attempts_done, progress.attempts_total, progress.events_written
+            );
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    state.db.close().await;
+    let report = outcome?;
+    println!(
+        "seeded {} attempts of {} v{} by {} users ({} to {}): {} events in {} ({} events/s)",
+        report.attempts,
+        report.test_id,
+        report.test_version,
+        report.users,
+        report.first_user,
+        report.last_user,
+        report.events,
+        seconds(report.took),
+        per_second(report.events, report.took)
+    );
+    eprintln!(
+        "the read models catch up when a server next runs, or now with `assessd projections rebuild --all`"
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; a hidden one otherwise, so that logs and
+/// pipes get only the final line.
+fn progress_bar(prefix: &str, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(&format!(
+        "{{prefix}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit} ({{per_sec:0}}, ETA {{eta}})"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(prefix.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// `1.23 s`.
+fn seconds(took: Duration) -> String {
+    format!("{:.2} s", took.as_secs_f64())
+}
+
+/// `count / took` per second, rounded, with thousands separators: `100,234`.
+fn per_second(count: u64, took: Duration) -> String {
+    let rate = count as f64 / took.as_secs_f64().max(1e-9);
+    thousands(rate.round() as u64)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
@@ -215,4 +367,19 @@ pub async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown requested; finishing in-flight commands");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_with_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(100_234), "100,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(per_second(10, Duration::from_millis(500)), "20");
+    }
 }

@@ -26,6 +26,10 @@ pub mod defaults {
     pub const DB_POOL: u32 = 16;
     pub const SNAPSHOT_EVERY: usize = 20;
     pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+    /// `dev seed`: users seeding at once.
+    pub const SEED_CONCURRENCY: u32 = 16;
+    /// `dev seed`: the test taken.
+    pub const SEED_TEST: &str = "demo";
 }
 
 #[derive(Debug, Parser)]
@@ -59,6 +63,56 @@ pub enum Command {
     /// Manage test definitions.
     #[command(subcommand)]
     Tests(TestsCommand),
+    /// Manage the read models.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Development tools.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Rebuild read models from the first event, beside the live ones, and swap them in.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "all"])))]
+pub struct RebuildArgs {
+    /// The read model to rebuild, such as `assessments`.
+    pub name: Option<String>,
+    /// Rebuild every read model, one after the other.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Record synthetic attempts through the server's command path (for benchmarks).
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Attempts to record, each started and answered to completion.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attempts: u64,
+    /// Users taking them, each up to the test's `max_attempts` [default: attempts divided
+    /// by max_attempts, rounded up].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: Option<u64>,
+    /// Users seeding at once (1 to 1024); they share the server's pool of database
+    /// connections.
+    #[arg(long, default_value_t = defaults::SEED_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// The test taken (its latest version).
+    #[arg(long, default_value = defaults::SEED_TEST)]
+    pub test: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +129,7 @@ pub struct ImportArgs {
     pub database: DatabaseArgs,
 }
 
-/// The database of `migrate` and `tests import`.
+/// The database of `migrate`, `tests import`, `projections rebuild` and `dev seed`.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (created on first run) or `postgres://...`.

@@ -22,6 +22,7 @@
 //!   queries.
 //! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
 //! - [`definitions`]: reading test definitions, and the demo test.
+//! - [`dev`]: `assessd dev seed`, synthetic attempts through the command path.
 //! - [`error`]: every client-visible error, mapped to HTTP statuses and protocol codes.
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod definitions;
+pub mod dev;
 pub mod error;
 pub mod http;
 pub mod jobs;

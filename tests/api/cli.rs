@@ -1,7 +1,8 @@
 //! The `assessd` binary as a new user meets it: from any working directory it says which
 //! database and which secret it uses, warns when it has just created one, keeps the
 //! development secret beside the SQLite file, shows each subcommand's own flags, and says
-//! why PostgreSQL cannot be reached.
+//! why PostgreSQL cannot be reached; `dev seed` records attempts that `projections rebuild`
+//! turns into the read model.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -292,7 +293,12 @@ fn each_subcommand_shows_only_its_own_flags() {
     for flag in ["--bind", "--max-connections", "--db-pool"] {
         assert!(!token.contains(flag), "{flag} in\n{token}");
     }
-    for args in [&["tests", "import", "--help"][..], &["migrate", "--help"]] {
+    for args in [
+        &["tests", "import", "--help"][..],
+        &["migrate", "--help"],
+        &["projections", "rebuild", "--help"],
+        &["dev", "seed", "--help"],
+    ] {
         let text = help(args);
         assert!(text.contains("--database-url"), "{text}");
         for flag in ["--bind", "--jwt-secret", "--max-connections"] {
@@ -332,5 +338,214 @@ fn an_unreachable_postgres_says_why() {
         result.err.contains("postgres://postgres:***@127.0.0.1:1/x"),
         "{}",
         result.err
+    );
+}
+
+/// The one number of `sql` in the SQLite database at `url`.
+fn sqlite_count(url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        n
+    })
+}
+
+/// Runs the statement `sql` on the SQLite database at `url`.
+fn sqlite_execute(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    })
+}
+
+/// Reads `rebuilt NAME: N events in S s (R events/s)` and returns N, checking the rest.
+fn rebuilt_events(line: &str, name: &str) -> u64 {
+    let rest = line
+        .strip_prefix(&format!("rebuilt {name}: "))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (events, rest) = rest
+        .split_once(" events in ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (secs, rate) = rest
+        .strip_suffix(" events/s)")
+        .and_then(|r| r.split_once(" s ("))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(secs.parse::<f64>().is_ok(), "{line:?}");
+    assert!(
+        !rate.is_empty() && rate.replace(',', "").parse::<u64>().is_ok(),
+        "{line:?}"
+    );
+    events.parse().unwrap_or_else(|_| panic!("{line:?}"))
+}
+
+#[test]
+fn seeded_attempts_become_the_read_model_after_a_rebuild() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("assessd.db").display());
+    let count = |sql: &str| sqlite_count(&url, sql);
+    // The demo test: 4 questions, 3 attempts each. An attempt records its start and first
+    // question, then per answer the answer, its feedback and the next question (or the
+    // completion): 2 + 3 × 4 events.
+    let per_attempt = 14;
+
+    let seeded = run(assessd(cwd.path())
+        .args(["dev", "seed", "--attempts", "10"])
+        .env("DATABASE_URL", &url));
+    assert!(seeded.ok, "{}", seeded.err);
+    assert!(
+        seeded.err.contains("database: SQLite file"),
+        "{}",
+        seeded.err
+    );
+    let line = seeded.out.trim();
+    assert_eq!(seeded.out.lines().count(), 1, "{}", seeded.out);
+    assert!(
+        line.starts_with(&format!(
+            "seeded 10 attempts of demo v1 by 4 users (seed-000000001 to seed-000000004): {} events in ",
+            10 * per_attempt
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with(" events/s)"), "{line}");
+    let user_events = "select count(*) from events where aggregate_type = 'user'";
+    assert_eq!(count(user_events), 10 * per_attempt);
+    assert_eq!(
+        count("select count(distinct aggregate_id) from events where aggregate_type = 'user'"),
+        4
+    );
+    // Recorded as the users' own sessions did it, with right and wrong answers.
+    assert_eq!(
+        count(
+            "select count(*) from events where aggregate_type = 'user' \
+             and json_extract(metadata, '$.actor') not like 'user:seed-%'"
+        ),
+        0
+    );
+    let right = count(
+        "select count(*) from events where event_type = 'FeedbackGiven' \
+         and json_extract(payload, '$.FeedbackGiven.correct') = 1",
+    );
+    assert!(0 < right && right < 40, "{right} of 40 answers right");
+    // Seeding does not run the read models; the rebuild fills them.
+    assert_eq!(count("select count(*) from assessments"), 0);
+    // As in a database that no server of this version has run on yet: the rebuild must
+    // leave a checkpoint behind, or a server would apply every event again on top of it.
+    sqlite_execute(&url, "delete from projection_checkpoints");
+
+    let rebuilt = run(assessd(cwd.path())
+        .args(["projections", "rebuild", "assessments"])
+        .env("DATABASE_URL", &url));
+    assert!(rebuilt.ok, "{}", rebuilt.err);
+    assert_eq!(rebuilt.out.lines().count(), 1, "{}", rebuilt.out);
+    assert_eq!(
+        rebuilt_events(rebuilt.out.trim(), "assessments"),
+        10 * per_attempt as u64
+    );
+    assert_eq!(
+        count("select count(*) from assessments where status = 'completed' and answered = 4"),
+        10
+    );
+    assert_eq!(count("select count(distinct user_id) from assessments"), 4);
+    assert_eq!(
+        count(
+            "select events_applied from projection_checkpoints \
+             where name = 'assessments' and last_rebuilt_at is not null"
+        ),
+        10 * per_attempt
+    );
+
+    // Seeding again adds users after the ones already there, and `--all` rebuilds every
+    // read model from the whole history.
+    let again = run(assessd(cwd.path())
+        .args([
+            "dev",
+            "seed",
+            "--attempts",
+            "10",
+            "--users",
+            "10",
+            "--concurrency",
+            "3",
+        ])
+        .env("DATABASE_URL", &url));
+    assert!(again.ok, "{}", again.err);
+    assert!(
+        again
+            .out
+            .contains("by 10 users (seed-000000005 to seed-000000014)"),
+        "{}",
+        again.out
+    );
+    let all = run(assessd(cwd.path())
+        .args(["projections", "rebuild", "--all"])
+        .env("DATABASE_URL", &url));
+    assert!(all.ok, "{}", all.err);
+    assert_eq!(
+        all.out.lines().count(),
+        1,
+        "one line per read model: {}",
+        all.out
+    );
+    assert_eq!(
+        rebuilt_events(all.out.trim(), "assessments"),
+        20 * per_attempt as u64
+    );
+    assert_eq!(count("select count(*) from assessments"), 20);
+    assert_eq!(count(user_events), 20 * per_attempt);
+}
+
+#[test]
+fn rebuild_and_seed_refuse_what_they_cannot_do() {
+    let cwd = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", cwd.path().join("assessd.db").display());
+
+    let unknown = run(assessd(cwd.path())
+        .args(["projections", "rebuild", "statistcs"])
+        .env("DATABASE_URL", &url));
+    assert!(!unknown.ok);
+    assert!(
+        unknown.err.contains("\"statistcs\"") && unknown.err.contains("assessments"),
+        "names the read models it knows: {}",
+        unknown.err
+    );
+    assert!(files_in(cwd.path()).is_empty(), "no database is opened");
+
+    let neither = run(assessd(cwd.path())
+        .args(["projections", "rebuild"])
+        .env("DATABASE_URL", &url));
+    assert!(!neither.ok);
+    assert!(neither.err.contains("--all"), "{}", neither.err);
+
+    let crowded = run(assessd(cwd.path())
+        .args(["dev", "seed", "--attempts", "10", "--users", "3"])
+        .env("DATABASE_URL", &url));
+    assert!(!crowded.ok);
+    assert!(
+        crowded.err.contains("at most 9 attempts"),
+        "{}",
+        crowded.err
+    );
+    let missing = run(assessd(cwd.path())
+        .args(["dev", "seed", "--attempts", "1", "--test", "nope"])
+        .env("DATABASE_URL", &url));
+    assert!(!missing.ok);
+    assert!(missing.err.contains("no test \"nope\""), "{}", missing.err);
+    assert_eq!(
+        sqlite_count(&url, "select count(*) from events"),
+        0,
+        "a refused seed records nothing"
     );
 }
