@@ -79,15 +79,17 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         .prepare()
         .await
         .context("Failed to prepare the read models")?;
-    for name in names {
-        let bar = progress_bar(name, "events");
-        let report = projections::rebuild::rebuild(&read_models.db(), name, |progress| {
-            bar.set_length(progress.events_total);
-            bar.set_position(progress.events_done);
-        })
-        .await
-        .with_context(|| format!("Failed to rebuild {name}; the live read model is unchanged"))?;
-        bar.finish_and_clear();
+    // One pass over the history for all of them.
+    let label = names.join(", ");
+    let bar = progress_bar(&label, "events");
+    let report = projections::rebuild::rebuild_many(&read_models.db(), &names, |progress| {
+        bar.set_length(progress.events_total);
+        bar.set_position(progress.events_done);
+    })
+    .await
+    .with_context(|| format!("Failed to rebuild {label}; the live read models are unchanged"))?;
+    bar.finish_and_clear();
+    for name in &names {
         println!(
             "rebuilt {name}: {} events in {} ({} events/s)",
             report.events,
