@@ -32,8 +32,10 @@ pub struct FeedEvent {
 }
 
 // The payload is read as text and parsed once into the event (not into a JSON value first).
+// `+aggregate_type` keeps SQLite from choosing the (type, stream, sequence) key and sorting
+// the whole history for every batch: it walks the position key instead.
 const SQLITE_AFTER: &str = "select 0 as tx, global_position, aggregate_id, sequence, payload, \
-    recorded_at from events where aggregate_type = 'user' and global_position > $1 \
+    recorded_at from events where +aggregate_type = 'user' and global_position > $1 \
     order by global_position limit $2";
 
 const POSTGRES_AFTER: &str = "select transaction_id::text::bigint as tx, global_position, \
@@ -112,7 +114,7 @@ pub async fn last_of_user(db: &Db, user_id: &str) -> Result<Option<Position>, Pr
 pub async fn count_after(db: &Db, after: Position) -> Result<i64, ProjectionError> {
     Ok(match db {
         Db::Sqlite(pool) => sqlx::query_scalar(
-            "select count(*) from events where aggregate_type = 'user' and global_position > $1",
+            "select count(*) from events where +aggregate_type = 'user' and global_position > $1",
         )
         .bind(after.global)
         .fetch_one(pool)

@@ -93,7 +93,7 @@ pub async fn rebuild_many(
     for name in &names {
         tables.push((*name, tables_of(name)?));
     }
-    let _guards = guard(db, &names).await?;
+    let guard = guard(db, &names).await?;
     let events_total = feed::count_all(db).await?.max(0) as u64;
     for (_, of_name) in &tables {
         for (table, key) in *of_name {
@@ -182,6 +182,11 @@ pub async fn rebuild_many(
             }
         }
         swap(db, name, of_name, position, done).await?;
+    }
+    // Closing the guard's connection releases its locks now, not when the server notices a
+    // dropped socket, so the next rebuild may start at once.
+    if let Some(conn) = guard {
+        let _ = conn.close().await;
     }
     Ok(Report {
         names: names.iter().map(|n| n.to_string()).collect(),

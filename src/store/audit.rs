@@ -293,8 +293,15 @@ impl Scan {
         }
         match db {
             Database::Sqlite(pool) => {
+                // In position order, `+` keeps SQLite from choosing the (type, stream,
+                // sequence) key and sorting the whole table for every page; one stream's
+                // events are still found through that key.
+                let kind = match &self.keyset {
+                    Keyset::Position { .. } => "+aggregate_type",
+                    _ => "aggregate_type",
+                };
                 let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                    "select {COLUMNS}, 0 as transaction_id from events where aggregate_type = "
+                    "select {COLUMNS}, 0 as transaction_id from events where {kind} = "
                 ));
                 build!(&mut qb, sqlite_time);
                 // Scan::new gives SQLite no commit-order keyset.
@@ -338,7 +345,9 @@ impl Scan {
                 build!(&mut qb, |t: DateTime<Utc>| t);
                 if let Keyset::Commit { after, until } = &self.keyset {
                     push_commit_keyset(&mut qb, *after, *until);
-                    qb.push(" order by transaction_id, global_position");
+                    // The table's column, not the text alias of the same name the select
+                    // list gives it: ordered as text, '100000' sorts before '99999'.
+                    qb.push(" order by events.transaction_id, global_position");
                 } else {
                     shared_order!(&mut qb);
                 }

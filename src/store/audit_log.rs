@@ -207,7 +207,8 @@ pub async fn list(
                 }
             };
             push_commit_keyset_on(&mut qb, "id", after, None);
-            qb.push(" order by transaction_id, id limit ")
+            // The table's column, not the text alias: as text, '100000' sorts before '99999'.
+            qb.push(" order by audit_reads.transaction_id, id limit ")
                 .push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
