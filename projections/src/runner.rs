@@ -17,7 +17,7 @@ use sqlx::Connection;
 use tokio::sync::{watch, Mutex, Notify};
 
 use crate::checkpoint::{self, Checkpoint, ADVANCE};
-use crate::feed::{self, Position};
+use crate::feed;
 use crate::{assessments, test_statistics, Db, ProjectionError};
 
 /// Every projection, by name.
@@ -240,42 +240,25 @@ impl Projections {
         }
     }
 
-    /// Waits (at most `timeout`) until every projection has applied every event of
-    /// `user_id`, so a reader sees its own writes. Returns whether they have.
+    /// Waits (at most `timeout`) until projection `name` has applied every event of
+    /// `user_id`, so a reader of that view sees its own writes. Returns whether it has.
     ///
     /// # Errors
-    /// A database error.
+    /// A database error, or [`ProjectionError::Unknown`].
     pub async fn wait_for_user(
         &self,
+        name: &str,
         user_id: &str,
         timeout: Duration,
     ) -> Result<bool, ProjectionError> {
         let Some(target) = feed::last_of_user(&self.inner.db, user_id).await? else {
             return Ok(true);
         };
-        self.wait_for(target, timeout).await
-    }
-
-    /// Waits (at most `timeout`) until every projection has passed `target`.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn wait_for(
-        &self,
-        target: Position,
-        timeout: Duration,
-    ) -> Result<bool, ProjectionError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut applied = self.inner.applied.subscribe();
         self.nudge();
         loop {
-            let mut behind = false;
-            for name in ALL {
-                if checkpoint::read(&self.inner.db, name).await?.position < target {
-                    behind = true;
-                }
-            }
-            if !behind {
+            if checkpoint::read(&self.inner.db, name).await?.position >= target {
                 return Ok(true);
             }
             // Another process may be the one catching up: look again now and then.

@@ -56,7 +56,11 @@ async fn list_tests(
     let user_id = &identity.user_id;
     if !state
         .projections
-        .wait_for_user(user_id, super::me::READ_YOUR_WRITES)
+        .wait_for_user(
+            projections::assessments::NAME,
+            user_id,
+            super::me::READ_YOUR_WRITES,
+        )
         .await?
     {
         tracing::warn!(

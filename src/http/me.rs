@@ -81,7 +81,7 @@ async fn my_assessments(
     let user_id = &identity.user_id;
     if !state
         .projections
-        .wait_for_user(user_id, READ_YOUR_WRITES)
+        .wait_for_user(projections::assessments::NAME, user_id, READ_YOUR_WRITES)
         .await?
     {
         tracing::warn!(

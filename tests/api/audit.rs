@@ -422,12 +422,9 @@ async fn state_is_rebuilt_from_the_events(backend: Backend) {
     assert_eq!(after, now);
 
     // Ended by an admin: completed, with its reason and result.
-    let (status, _) = send_post(
-        &app,
-        &format!("/api/admin/users/st/assessments/{id}/end"),
-        &admin,
-    )
-    .await;
+    let (status, _) = app
+        .post(&format!("/api/admin/users/st/assessments/{id}/end"), &admin)
+        .await;
     assert_eq!(status, 200);
     let (_, ended) = app.get("/api/audit/users/st/state", &admin).await;
     let attempt = &ended["assessments"][0];
@@ -472,18 +469,6 @@ async fn state_is_rebuilt_from_the_events(backend: Backend) {
         "{report}"
     );
     app.stop().await;
-}
-
-async fn send_post(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn audit_reads_in_table(db: &Database) -> i64 {
@@ -655,12 +640,12 @@ async fn connections_are_counted(backend: Backend) {
 
     // Ended attempts leave by_test at once; closed sockets leave the totals.
     let id = started["assessment_id"].as_str().unwrap();
-    let (status, _) = send_post(
-        &app,
-        &format!("/api/admin/users/c-busy/assessments/{id}/end"),
-        &admin,
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            &format!("/api/admin/users/c-busy/assessments/{id}/end"),
+            &admin,
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, counts) = app.get("/api/admin/connections", &admin).await;
     assert_eq!(counts["by_test"], json!({}));
