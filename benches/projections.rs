@@ -12,6 +12,7 @@
 //! `postgres`) runs one half only; `BENCH_SEED_CONCURRENCY` is passed to the seed; an
 //! export run that takes longer than `BENCH_EXPORT_SECS` (default 300) is cut there and its
 //! rate taken over what it read, so a slow export cannot hold the bench for an hour.
+//! `BENCH_PARTS=rebuild` (or `export`) measures one of the two only.
 //!
 //! A benchmark, not a test: it asserts nothing about speed and prints what it measured.
 
@@ -129,8 +130,14 @@ async fn measure(backend: &str, url: &str, target: u64) -> anyhow::Result<()> {
         }
         db.close().await;
     }
-    rebuild(backend, url, events).await?;
-    export(backend, url, events).await
+    let parts = env_or("BENCH_PARTS", "rebuild,export");
+    if parts.contains("rebuild") {
+        rebuild(backend, url, events).await?;
+    }
+    if parts.contains("export") {
+        export(backend, url, events).await?;
+    }
+    Ok(())
 }
 
 async fn user_events(db: &Database) -> anyhow::Result<u64> {

@@ -16,9 +16,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::{AttemptStatus, CompletionReason, UserStream};
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{list, page_limit, query_params, require, Caller};
@@ -28,7 +29,7 @@ use crate::state::AppState;
 use crate::store::audit::{self, AuditEvent, AuditFilter, Rebuilt, Scan, StatePoint};
 use crate::store::audit_log::{self, NewRead};
 use crate::store::chain::{self, Verification};
-use crate::store::Database;
+use crate::store::{Database, StoreError};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -88,8 +89,11 @@ pub struct AuditEventPage {
     pub next_cursor: Option<String>,
 }
 
-/// Events fetched per query of an export: the most the export holds in memory at once.
+/// Events fetched per query of an export; the export holds at most [`EXPORT_AHEAD`] + 2
+/// batches in memory at once.
 const EXPORT_BATCH: i64 = 1000;
+/// How many batches an export may have fetched and written ahead of its client.
+const EXPORT_AHEAD: usize = 2;
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
@@ -212,49 +216,66 @@ async fn audit_listing(
 
 /// Streams every event of `scan`, one JSON object per line, in the listing's order. The
 /// end is fixed first ([`Scan::freeze`]), then events are fetched in keyset-paged batches
-/// of [`EXPORT_BATCH`], each written out before the next is fetched: memory does not grow
-/// with the export, and no database connection is held while the client reads.
+/// of [`EXPORT_BATCH`]: memory does not grow with the export, and no database connection
+/// (on PostgreSQL, no snapshot holding back the read models' horizon) is held while the
+/// client reads.
+///
+/// A task fetches and writes the batches ahead of the client, at most [`EXPORT_AHEAD`]
+/// batches ahead: the database works on the next batch while the last one is on the wire.
+/// It stops when the client goes (the body, and with it the channel, is dropped).
 ///
 /// The first batch is fetched before the reply starts, so a failing database is a plain
 /// 500. A failure later can only cut the body short: the chunked reply then lacks its
 /// final chunk, so a client cannot take a broken export for a complete one.
 async fn export_ndjson(db: &Database, mut scan: Scan) -> Result<Response, ApiError> {
     scan.freeze(db).await?;
-    let first = scan.fetch(db, EXPORT_BATCH).await?;
-    struct Export {
-        db: Database,
-        scan: Scan,
-        next: Option<Vec<audit::Listed>>,
-        done: bool,
-    }
+    let mut first = Vec::new();
+    let written = scan.fetch_ndjson(db, EXPORT_BATCH, &mut first).await?;
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
-    let start = Export {
-        db: db.clone(),
-        scan,
-        next: Some(first),
-        done: false,
-    };
-    let lines = futures_util::stream::try_unfold(start, |mut export| async move {
-        let batch = match export.next.take() {
-            Some(batch) => batch,
-            None if export.done => return Ok::<_, BoxError>(None),
-            None => export.scan.fetch(&export.db, EXPORT_BATCH).await?,
+    let (ahead, behind) = mpsc::channel(EXPORT_AHEAD);
+    // A short batch is the last: the end was fixed before the first.
+    if written as i64 == EXPORT_BATCH {
+        tokio::spawn(export_ahead(db.clone(), scan, first.len(), ahead));
+    }
+    let first = futures_util::stream::once(async move { Ok(Bytes::from(first)) });
+    let rest = futures_util::stream::unfold(behind, |mut behind| async move {
+        let chunk = behind.recv().await?;
+        Some((chunk.map_err(BoxError::from), behind))
+    });
+    Ok((
+        [(CONTENT_TYPE, NDJSON)],
+        Body::from_stream(first.chain(rest)),
+    )
+        .into_response())
+}
+
+/// The batches of an export after the first, written into `ahead` until the end or until
+/// the reader is gone; `size` is the first batch's size in bytes.
+async fn export_ahead(
+    db: Database,
+    mut scan: Scan,
+    mut size: usize,
+    ahead: mpsc::Sender<Result<Bytes, StoreError>>,
+) {
+    loop {
+        let mut chunk = Vec::with_capacity(size);
+        let written = match scan.fetch_ndjson(&db, EXPORT_BATCH, &mut chunk).await {
+            Ok(0) => return,
+            Ok(written) => written,
+            Err(e) => {
+                tracing::error!(error = %e, "NDJSON export cut short");
+                let _ = ahead.send(Err(e)).await;
+                return;
+            }
         };
-        let Some(last) = batch.last() else {
-            return Ok(None);
-        };
-        // A short batch is the last: the end was fixed before the first.
-        export.done = (batch.len() as i64) < EXPORT_BATCH;
-        export.scan.advance(&last.position);
-        let mut chunk = Vec::with_capacity(batch.len() * 512);
-        for listed in &batch {
-            serde_json::to_writer(&mut chunk, &listed.event)?;
-            chunk.push(b'\n');
+        size = chunk.len();
+        if ahead.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return; // the client went away
         }
-        Ok(Some((Bytes::from(chunk), export)))
-    })
-    .inspect_err(|e| tracing::error!(error = %e, "NDJSON export cut short"));
-    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response())
+        if (written as i64) < EXPORT_BATCH {
+            return;
+        }
+    }
 }
 
 /// `GET /api/audit/events`.

@@ -26,6 +26,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{UserEvent, UserStream};
 use futures_util::TryStreamExt;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use thiserror::Error;
@@ -235,8 +236,59 @@ impl Scan {
     /// # Errors
     /// A database error, or a row that cannot be read.
     pub async fn fetch(&self, db: &Database, limit: i64) -> Result<Vec<Listed>, StoreError> {
+        let mut listed = Vec::new();
+        self.for_each_row(db, limit, |row| {
+            listed.push(Listed {
+                position: row.position,
+                event: row.to_event()?,
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(listed)
+    }
+
+    /// Appends the next `limit` events of the listing to `out` as NDJSON (one
+    /// [`AuditEvent`] per line) and moves past them; returns how many it wrote.
+    ///
+    /// The export path: payload and metadata go out as the JSON text the database holds,
+    /// checked but never decoded into values, which is most of the work of [`Scan::fetch`].
+    ///
+    /// # Errors
+    /// A database error, or a row that cannot be read.
+    pub async fn fetch_ndjson(
+        &mut self,
+        db: &Database,
+        limit: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StoreError> {
+        let mut written = 0;
+        let mut last = None;
+        self.for_each_row(db, limit, |row| {
+            row.write_line(&mut *out)?;
+            written += 1;
+            last = Some(row.position);
+            Ok(())
+        })
+        .await?;
+        if let Some(position) = last {
+            self.advance(&position);
+        }
+        Ok(written)
+    }
+
+    /// Runs the listing's query for the next `limit` rows and hands each to `each`, in order.
+    async fn for_each_row(
+        &self,
+        db: &Database,
+        limit: i64,
+        mut each: impl FnMut(RowRef<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // Payloads are stored as {"EventType": {...}} (cqrs-es's enum encoding); auditors
+        // get the inner object, the type being a field of its own. Both backends take it
+        // out in the query, as JSON text, so the export can pass it on without decoding it.
         const COLUMNS: &str = "global_position, aggregate_id, sequence, event_type, \
-                               event_version, payload, metadata, recorded_at, event_id";
+                               event_version, recorded_at";
         macro_rules! build {
             ($qb:expr, $time:expr) => {{
                 let qb = $qb;
@@ -301,7 +353,8 @@ impl Scan {
                     _ => "aggregate_type",
                 };
                 let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                    "select {COLUMNS}, 0 as transaction_id from events where {kind} = "
+                    "select {COLUMNS}, coalesce(payload -> event_type, payload) as payload, \
+                     metadata, event_id from events where {kind} = "
                 ));
                 build!(&mut qb, sqlite_time);
                 // Scan::new gives SQLite no commit-order keyset.
@@ -311,36 +364,32 @@ impl Scan {
                     ));
                 }
                 qb.push(" limit ").push_bind(limit);
-                let rows = qb.build().fetch_all(pool).await?;
-                rows.iter()
-                    .map(|row| {
-                        let recorded_at: String = row.try_get("recorded_at")?;
-                        let event = audit_event(
-                            row.try_get("global_position")?,
-                            row.try_get("aggregate_id")?,
-                            row.try_get("sequence")?,
-                            row.try_get("event_type")?,
-                            row.try_get("event_version")?,
-                            row.try_get("payload")?,
-                            row.try_get("metadata")?,
-                            parse_sqlite_time(&recorded_at)?,
-                            row.try_get("event_id")?,
-                        );
-                        Ok(Listed {
-                            position: Position {
-                                sequence: event.sequence,
-                                global_position: event.global_position,
-                                transaction_id: 0,
-                            },
-                            event,
-                        })
-                    })
-                    .collect()
+                let mut rows = qb.build().fetch(pool);
+                while let Some(row) = rows.try_next().await? {
+                    let recorded_at: &str = row.try_get("recorded_at")?;
+                    let global_position = row.try_get("global_position")?;
+                    let sequence = row.try_get("sequence")?;
+                    each(RowRef {
+                        position: Position {
+                            sequence,
+                            global_position,
+                            transaction_id: 0,
+                        },
+                        user_id: row.try_get("aggregate_id")?,
+                        event_type: row.try_get("event_type")?,
+                        event_version: row.try_get("event_version")?,
+                        payload: row.try_get("payload")?,
+                        metadata: row.try_get("metadata")?,
+                        recorded_at: parse_sqlite_time(recorded_at)?,
+                        event_id: row.try_get("event_id")?,
+                    })?;
+                }
             }
             Database::Postgres(pool) => {
                 let mut qb = QueryBuilder::<Postgres>::new(format!(
-                    "select {COLUMNS}, transaction_id::text as transaction_id from events \
-                     where aggregate_type = "
+                    "select {COLUMNS}, coalesce(payload -> event_type, payload)::text as payload, \
+                     metadata::text as metadata, event_id::text as event_id, \
+                     transaction_id::text as transaction_id from events where aggregate_type = "
                 ));
                 build!(&mut qb, |t: DateTime<Utc>| t);
                 if let Keyset::Commit { after, until } = &self.keyset {
@@ -352,34 +401,101 @@ impl Scan {
                     shared_order!(&mut qb);
                 }
                 qb.push(" limit ").push_bind(limit);
-                let rows = qb.build().fetch_all(pool).await?;
-                rows.iter()
-                    .map(|row| {
-                        let event_id: uuid::Uuid = row.try_get("event_id")?;
-                        let transaction_id: String = row.try_get("transaction_id")?;
-                        let event = audit_event(
-                            row.try_get("global_position")?,
-                            row.try_get("aggregate_id")?,
-                            row.try_get("sequence")?,
-                            row.try_get("event_type")?,
-                            row.try_get("event_version")?,
-                            row.try_get("payload")?,
-                            row.try_get("metadata")?,
-                            row.try_get("recorded_at")?,
-                            event_id.to_string(),
-                        );
-                        Ok(Listed {
-                            position: Position {
-                                sequence: event.sequence,
-                                global_position: event.global_position,
-                                transaction_id: parse_transaction_id(&transaction_id)?,
-                            },
-                            event,
-                        })
-                    })
-                    .collect()
+                let mut rows = qb.build().fetch(pool);
+                while let Some(row) = rows.try_next().await? {
+                    let transaction_id: &str = row.try_get("transaction_id")?;
+                    each(RowRef {
+                        position: Position {
+                            sequence: row.try_get("sequence")?,
+                            global_position: row.try_get("global_position")?,
+                            transaction_id: parse_transaction_id(transaction_id)?,
+                        },
+                        user_id: row.try_get("aggregate_id")?,
+                        event_type: row.try_get("event_type")?,
+                        event_version: row.try_get("event_version")?,
+                        payload: row.try_get("payload")?,
+                        metadata: row.try_get("metadata")?,
+                        recorded_at: row.try_get("recorded_at")?,
+                        event_id: row.try_get("event_id")?,
+                    })?;
+                }
             }
         }
+        Ok(())
+    }
+}
+
+/// A listed row as the database returned it, borrowed from it: payload (already without
+/// its wrapper) and metadata are JSON text.
+struct RowRef<'r> {
+    position: Position,
+    user_id: &'r str,
+    event_type: &'r str,
+    event_version: &'r str,
+    payload: &'r str,
+    metadata: &'r str,
+    recorded_at: DateTime<Utc>,
+    event_id: &'r str,
+}
+
+/// An [`AuditEvent`] written with its JSON fields passed through as they are; the same
+/// fields in the same order, so a line of the export and an item of a page read alike.
+#[derive(Serialize)]
+struct AuditLine<'r> {
+    user_id: &'r str,
+    sequence: i64,
+    event_type: &'r str,
+    event_version: &'r str,
+    #[serde(borrow)]
+    payload: &'r RawValue,
+    #[serde(borrow)]
+    metadata: &'r RawValue,
+    recorded_at: DateTime<Utc>,
+    event_id: &'r str,
+    global_position: i64,
+}
+
+impl RowRef<'_> {
+    fn corrupt(&self, field: &str, e: serde_json::Error) -> StoreError {
+        StoreError::Corrupt(format!(
+            "{field} of event {} of {}: {e}",
+            self.position.sequence, self.user_id
+        ))
+    }
+
+    fn to_event(&self) -> Result<AuditEvent, StoreError> {
+        Ok(AuditEvent {
+            user_id: self.user_id.to_owned(),
+            sequence: self.position.sequence,
+            event_type: self.event_type.to_owned(),
+            event_version: self.event_version.to_owned(),
+            payload: serde_json::from_str(self.payload).map_err(|e| self.corrupt("payload", e))?,
+            metadata: serde_json::from_str(self.metadata)
+                .map_err(|e| self.corrupt("metadata", e))?,
+            recorded_at: self.recorded_at,
+            event_id: self.event_id.to_owned(),
+            global_position: self.position.global_position,
+        })
+    }
+
+    /// Writes the row as one NDJSON line. The JSON text is checked (a row that is not JSON
+    /// would otherwise break the line and every reader after it), not decoded.
+    fn write_line(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let line = AuditLine {
+            user_id: self.user_id,
+            sequence: self.position.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: serde_json::from_str(self.payload).map_err(|e| self.corrupt("payload", e))?,
+            metadata: serde_json::from_str(self.metadata)
+                .map_err(|e| self.corrupt("metadata", e))?,
+            recorded_at: self.recorded_at,
+            event_id: self.event_id,
+            global_position: self.position.global_position,
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| self.corrupt("line", e))?;
+        out.push(b'\n');
+        Ok(())
     }
 }
 
@@ -469,39 +585,6 @@ pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, StoreError>
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Corrupt(format!("time {text:?}: {e}")))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn audit_event(
-    global_position: i64,
-    user_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
-    event_id: String,
-) -> AuditEvent {
-    // Payloads are stored as {"EventType": {...}} (cqrs-es's enum encoding); auditors get
-    // the inner object, the type being a field of its own.
-    let payload = match payload {
-        Value::Object(mut map) if map.len() == 1 && map.contains_key(&event_type) => {
-            map.remove(&event_type).unwrap_or(Value::Null)
-        }
-        other => other,
-    };
-    AuditEvent {
-        user_id,
-        sequence,
-        event_type,
-        event_version,
-        payload,
-        metadata,
-        recorded_at,
-        event_id,
-        global_position,
-    }
 }
 
 /// Which state of a stream to rebuild.
