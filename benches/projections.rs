@@ -12,7 +12,8 @@
 //! `postgres`) runs one half only; `BENCH_SEED_CONCURRENCY` is passed to the seed; an
 //! export run that takes longer than `BENCH_EXPORT_SECS` (default 300) is cut there and its
 //! rate taken over what it read, so a slow export cannot hold the bench for an hour.
-//! `BENCH_PARTS=rebuild` (or `export`) measures one of the two only.
+//! `BENCH_PARTS=rebuild` (or `export`) measures one of the two only. On PostgreSQL each is
+//! measured twice: with TLS when the server offers it (sqlx's default), and without.
 //!
 //! A benchmark, not a test: it asserts nothing about speed and prints what it measured.
 
@@ -130,12 +131,23 @@ async fn measure(backend: &str, url: &str, target: u64) -> anyhow::Result<()> {
         }
         db.close().await;
     }
-    let parts = env_or("BENCH_PARTS", "rebuild,export");
-    if parts.contains("rebuild") {
-        rebuild(backend, url, events).await?;
+    // PostgreSQL offers TLS here (Debian's default), and sqlx takes it when offered
+    // (`sslmode=prefer`): each figure is measured with it and without it.
+    let mut connections = vec![(backend.to_string(), url.to_string())];
+    if backend == "postgres" {
+        connections.push((
+            format!("{backend} (sslmode=disable)"),
+            format!("{url}?sslmode=disable"),
+        ));
     }
-    if parts.contains("export") {
-        export(backend, url, events).await?;
+    let parts = env_or("BENCH_PARTS", "rebuild,export");
+    for (label, url) in &connections {
+        if parts.contains("rebuild") {
+            rebuild(label, url, events).await?;
+        }
+        if parts.contains("export") {
+            export(label, url, events).await?;
+        }
     }
     Ok(())
 }

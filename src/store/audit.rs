@@ -22,6 +22,8 @@
 //! A cursor is accepted only by the kind of listing that issued it, and only in the exact
 //! form this module writes.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{UserEvent, UserStream};
 use futures_util::TryStreamExt;
@@ -284,9 +286,6 @@ impl Scan {
         limit: i64,
         mut each: impl FnMut(RowRef<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        // Payloads are stored as {"EventType": {...}} (cqrs-es's enum encoding); auditors
-        // get the inner object, the type being a field of its own. Both backends take it
-        // out in the query, as JSON text, so the export can pass it on without decoding it.
         const COLUMNS: &str = "global_position, aggregate_id, sequence, event_type, \
                                event_version, recorded_at";
         macro_rules! build {
@@ -353,8 +352,7 @@ impl Scan {
                     _ => "aggregate_type",
                 };
                 let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                    "select {COLUMNS}, coalesce(payload -> event_type, payload) as payload, \
-                     metadata, event_id from events where {kind} = "
+                    "select {COLUMNS}, payload, metadata, event_id from events where {kind} = "
                 ));
                 build!(&mut qb, sqlite_time);
                 // Scan::new gives SQLite no commit-order keyset.
@@ -387,28 +385,28 @@ impl Scan {
             }
             Database::Postgres(pool) => {
                 let mut qb = QueryBuilder::<Postgres>::new(format!(
-                    "select {COLUMNS}, coalesce(payload -> event_type, payload)::text as payload, \
-                     metadata::text as metadata, event_id::text as event_id, \
-                     transaction_id::text as transaction_id from events where aggregate_type = "
+                    "select {COLUMNS}, payload::text as payload, metadata::text as metadata, \
+                     event_id, transaction_id from events where aggregate_type = "
                 ));
                 build!(&mut qb, |t: DateTime<Utc>| t);
                 if let Keyset::Commit { after, until } = &self.keyset {
                     push_commit_keyset(&mut qb, *after, *until);
-                    // The table's column, not the text alias of the same name the select
-                    // list gives it: ordered as text, '100000' sorts before '99999'.
-                    qb.push(" order by events.transaction_id, global_position");
+                    qb.push(" order by transaction_id, global_position");
                 } else {
                     shared_order!(&mut qb);
                 }
                 qb.push(" limit ").push_bind(limit);
                 let mut rows = qb.build().fetch(pool);
+                let mut event_id = uuid::Uuid::encode_buffer();
                 while let Some(row) = rows.try_next().await? {
-                    let transaction_id: &str = row.try_get("transaction_id")?;
+                    // xid8 has no sqlx type; on the wire it is an 8-byte integer, read as one.
+                    let transaction_id: i64 = row.try_get_unchecked("transaction_id")?;
+                    let uuid: uuid::Uuid = row.try_get("event_id")?;
                     each(RowRef {
                         position: Position {
                             sequence: row.try_get("sequence")?,
                             global_position: row.try_get("global_position")?,
-                            transaction_id: parse_transaction_id(transaction_id)?,
+                            transaction_id: transaction_id as u64,
                         },
                         user_id: row.try_get("aggregate_id")?,
                         event_type: row.try_get("event_type")?,
@@ -416,7 +414,7 @@ impl Scan {
                         payload: row.try_get("payload")?,
                         metadata: row.try_get("metadata")?,
                         recorded_at: row.try_get("recorded_at")?,
-                        event_id: row.try_get("event_id")?,
+                        event_id: uuid.hyphenated().encode_lower(&mut event_id),
                     })?;
                 }
             }
@@ -425,8 +423,8 @@ impl Scan {
     }
 }
 
-/// A listed row as the database returned it, borrowed from it: payload (already without
-/// its wrapper) and metadata are JSON text.
+/// A listed row as the database returned it, borrowed from it: payload and metadata are
+/// JSON text.
 struct RowRef<'r> {
     position: Position,
     user_id: &'r str,
@@ -446,9 +444,7 @@ struct AuditLine<'r> {
     sequence: i64,
     event_type: &'r str,
     event_version: &'r str,
-    #[serde(borrow)]
     payload: &'r RawValue,
-    #[serde(borrow)]
     metadata: &'r RawValue,
     recorded_at: DateTime<Utc>,
     event_id: &'r str,
@@ -464,12 +460,20 @@ impl RowRef<'_> {
     }
 
     fn to_event(&self) -> Result<AuditEvent, StoreError> {
+        let payload = match serde_json::from_str(self.payload) {
+            // The stored {"EventType": {...}} wrapper (see [`inner_payload`]).
+            Ok(Value::Object(mut map)) if map.len() == 1 && map.contains_key(self.event_type) => {
+                map.remove(self.event_type).unwrap_or(Value::Null)
+            }
+            Ok(other) => other,
+            Err(e) => return Err(self.corrupt("payload", e)),
+        };
         Ok(AuditEvent {
             user_id: self.user_id.to_owned(),
             sequence: self.position.sequence,
             event_type: self.event_type.to_owned(),
             event_version: self.event_version.to_owned(),
-            payload: serde_json::from_str(self.payload).map_err(|e| self.corrupt("payload", e))?,
+            payload,
             metadata: serde_json::from_str(self.metadata)
                 .map_err(|e| self.corrupt("metadata", e))?,
             recorded_at: self.recorded_at,
@@ -479,14 +483,15 @@ impl RowRef<'_> {
     }
 
     /// Writes the row as one NDJSON line. The JSON text is checked (a row that is not JSON
-    /// would otherwise break the line and every reader after it), not decoded.
+    /// would otherwise break the line and every reader after it), not decoded into values.
     fn write_line(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let line = AuditLine {
             user_id: self.user_id,
             sequence: self.position.sequence,
             event_type: self.event_type,
             event_version: self.event_version,
-            payload: serde_json::from_str(self.payload).map_err(|e| self.corrupt("payload", e))?,
+            payload: inner_payload(self.payload, self.event_type)
+                .map_err(|e| self.corrupt("payload", e))?,
             metadata: serde_json::from_str(self.metadata)
                 .map_err(|e| self.corrupt("metadata", e))?,
             recorded_at: self.recorded_at,
@@ -497,6 +502,23 @@ impl RowRef<'_> {
         out.push(b'\n');
         Ok(())
     }
+}
+
+/// The event's own fields in a stored `payload`, as JSON text. Payloads are stored as
+/// `{"EventType": {...}}` (cqrs-es's enum encoding); auditors get the inner object, the
+/// type being a field of its own. Anything else is passed on whole.
+fn inner_payload<'r>(
+    payload: &'r str,
+    event_type: &str,
+) -> Result<&'r RawValue, serde_json::Error> {
+    // One pass reads the outer object and checks the JSON text of its values. (A key with
+    // an escape in it cannot be borrowed and fails this; no event type has one.)
+    if let Ok(outer) = serde_json::from_str::<BTreeMap<&'r str, &'r RawValue>>(payload) {
+        if let (1, Some(inner)) = (outer.len(), outer.get(event_type)) {
+            return Ok(inner);
+        }
+    }
+    serde_json::from_str(payload)
 }
 
 /// The PostgreSQL commit-order conditions on a table with `transaction_id` and an
@@ -738,5 +760,32 @@ mod tests {
             assert_eq!(decode_commit(bad), None, "{bad}");
         }
         assert_eq!(decode_one("g1", 's'), None);
+    }
+
+    #[test]
+    fn the_export_takes_the_stored_wrapper_off_the_payload() {
+        let inner = |payload: &str| {
+            inner_payload(payload, "ChatExchanged")
+                .map(|raw| raw.get().to_string())
+                .map_err(|_| ())
+        };
+        assert_eq!(
+            inner(r#"{"ChatExchanged": {"text": "hi", "n": [1, 2]}}"#),
+            Ok(r#"{"text": "hi", "n": [1, 2]}"#.into())
+        );
+        // Anything but a one-key wrapper named for the event is passed on whole.
+        for whole in [
+            r#"{"Other": {"a": 1}}"#,
+            r#"{"ChatExchanged": {"a": 1}, "extra": 2}"#,
+            r#"[1, 2]"#,
+            r#""text""#,
+            r#"{}"#,
+        ] {
+            assert_eq!(inner(whole), Ok(whole.into()), "{whole}");
+        }
+        // Text that is not JSON never reaches a line.
+        for broken in [r#"{"ChatExchanged": {"a": }}"#, "{", "", r#"{"a": 1} x"#] {
+            assert_eq!(inner(broken), Err(()), "{broken}");
+        }
     }
 }

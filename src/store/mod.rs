@@ -190,7 +190,11 @@ impl Database {
                 .synchronous(SqliteSynchronous::Full)
                 // SQLite has one writer at a time; others wait for the lock instead of failing.
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Rows cross from SQLite's thread to the reader's one by one; with sqlx's
+                // default of 50 in flight the two threads wake each other for nearly every
+                // row of a long read (the export ran 25% slower).
+                .row_buffer_size(1024);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 16))
                 .acquire_timeout(CONNECT_TIMEOUT)
