@@ -16,6 +16,11 @@ use crate::helpers::{small_test, spawn_app, Backend, TestApp};
 /// is axum's too), with the roles it lets in (none: public, no token needed).
 const ROUTES: &[(&str, &str, &[&str])] = &[
     ("GET", "/", &[]),
+    ("GET", "/audit", &[]),
+    ("GET", "/admin", &[]),
+    ("GET", "/assets/{file}", &[]),
+    ("GET", "/api/dev/config", &[]),
+    ("POST", "/api/dev/token", &[]),
     ("GET", "/healthz", &[]),
     ("GET", "/readyz", &[]),
     ("GET", "/metrics", &[]),

@@ -1,0 +1,1 @@
+//! The pages in headless Chromium: the scenarios come in the next commit.
