@@ -45,7 +45,7 @@
     const bar = $("rebuild-progress");
     const status = $("rebuild-status");
     panel.hidden = false;
-    $("rebuild-label").textContent = "Rebuilding " + name;
+    $("rebuild-label").textContent = "Rebuild of " + name;
     bar.max = 1;
     bar.value = 0;
     status.textContent = "Starting…";

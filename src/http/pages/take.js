@@ -90,6 +90,9 @@
       document.body.dataset.socket = "replaced";
       setConn("replaced", "This test is open in another window.");
       $("replaced").hidden = false;
+      // Nothing can be sent from here until the person chooses to continue here (the
+      // resume that follows re-enables the question).
+      lock(true);
       $("continue-here").focus();
       return;
     }
@@ -401,6 +404,7 @@
       return; // already on screen; keep what the person has typed or ticked
     }
     S.question = q;
+    $("question-form").dataset.questionId = q.question_id;
     $("feedback").hidden = true;
     $("question-form").hidden = false;
     $("q-heading").textContent = "Question " + q.position + " of " + q.total_questions;
@@ -492,10 +496,12 @@
 
   function complete(m) {
     stopTimer();
+    const title = S.assessment && S.assessment.assessment_id === m.assessment_id
+      ? S.assessment.title : m.test_id;
     S.assessment = null;
     S.question = null;
     only("done");
-    $("done-test").textContent = m.test_id;
+    $("done-test").textContent = title;
     $("done-score").textContent = "Score: " + num(m.score) + " of " + num(m.max_score);
     const verdict = $("done-verdict");
     verdict.textContent = m.passed ? "Passed" : "Not passed";
