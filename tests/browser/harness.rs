@@ -47,6 +47,12 @@ impl Stage {
     /// chromedriver is not installed, unless `ASSESSD_REQUIRE_BROWSER=1`, which makes
     /// that a failure.
     pub async fn new(name: &'static str) -> Option<Stage> {
+        Self::with_secret(name, None).await
+    }
+
+    /// Like [`Stage::new`], with the server's `ASSESSD_JWT_SECRET` set to `secret`: tokens
+    /// then come from elsewhere, and the server mints none.
+    pub async fn with_secret(name: &'static str, secret: Option<&'static str>) -> Option<Stage> {
         let missing: Vec<String> = [chromedriver(), chromium()]
             .into_iter()
             .filter(|p| !Path::new(p).exists())
@@ -66,7 +72,7 @@ impl Stage {
             return None;
         }
         let serial = SERIAL.lock().await;
-        let server = Server::start().await;
+        let server = Server::start(secret).await;
         let port = free_port();
         let driver = Command::new(chromedriver())
             .arg(format!("--port={port}"))
@@ -180,16 +186,18 @@ where
 pub struct Server {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    secret: Option<&'static str>,
     child: Option<Child>,
 }
 
 impl Server {
-    async fn start() -> Server {
+    async fn start(secret: Option<&'static str>) -> Server {
         let dir = tempfile::tempdir().expect("server directory");
-        let (child, addr) = spawn_server(dir.path(), "127.0.0.1:0").await;
+        let (child, addr) = spawn_server(dir.path(), "127.0.0.1:0", secret).await;
         Server {
             addr,
             dir,
+            secret,
             child: Some(child),
         }
     }
@@ -205,7 +213,8 @@ impl Server {
     /// Starts the server again on the same address and database.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is running");
-        let (child, addr) = spawn_server(self.dir.path(), &self.addr.to_string()).await;
+        let (child, addr) =
+            spawn_server(self.dir.path(), &self.addr.to_string(), self.secret).await;
         assert_eq!(addr, self.addr);
         self.child = Some(child);
     }
@@ -241,13 +250,14 @@ impl Server {
     }
 }
 
-async fn spawn_server(dir: &Path, bind: &str) -> (Child, SocketAddr) {
+async fn spawn_server(dir: &Path, bind: &str, secret: Option<&str>) -> (Child, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .expect("server log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_assessd"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_assessd"));
+    command
         .arg("serve")
         .env("ASSESSD_BIND", bind)
         .env(
@@ -260,9 +270,11 @@ async fn spawn_server(dir: &Path, bind: &str) -> (Child, SocketAddr) {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("assessd starts");
+        .kill_on_drop(true);
+    if let Some(secret) = secret {
+        command.env("ASSESSD_JWT_SECRET", secret);
+    }
+    let mut child = command.spawn().expect("assessd starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let addr = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {

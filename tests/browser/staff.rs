@@ -163,7 +163,7 @@ async fn the_admin_rebuilds_a_read_model() {
     page.wait_text("#who", "root (admin)").await;
     page.wait_text("tr[data-name=\"assessments\"] .status", "live")
         .await;
-    page.wait_text("#connections-total", "0 live connections")
+    page.wait_text("#connections-total", "live connection")
         .await;
     page.wait_visible("table[data-test-id=\"demo\"]").await;
     let statistics = page.text("table[data-test-id=\"demo\"]").await;

@@ -1,6 +1,9 @@
 //! The test-taker's page: the whole demo test, a reload mid-test, the server killed and
 //! restarted mid-test, and a second browser of the same user.
 
+use std::time::Duration;
+
+use assessd::auth::{JwtKeys, Role, Secret};
 use serde_json::{json, Value};
 
 use crate::harness::{answers_recorded, until, Stage};
@@ -227,4 +230,42 @@ async fn a_second_browser_takes_over_and_the_first_stays_quiet() {
     first.screenshot("3-continued-here").await;
     second.screenshot("4-second-replaced").await;
     stage.finish(vec![first, second]).await;
+}
+
+/// With a configured signing key the server mints no tokens: the page says to sign in
+/// through the organisation, and takes the token the host application puts in the URL
+/// fragment (and takes it out of the address bar).
+#[tokio::test]
+async fn a_host_application_hands_over_the_token() {
+    const SECRET: &str = "browser-test-secret-0123456789";
+    let Some(mut stage) = Stage::with_secret("handover", Some(SECRET)).await else {
+        return;
+    };
+    let token = JwtKeys::hs256(&Secret::new(SECRET), None, None)
+        .mint("frank", &[Role::Taker], Duration::from_secs(600))
+        .expect("a token");
+    let page = stage.browser(&format!("/#token={token}")).await;
+    page.wait_text("#who", "frank (taker)").await;
+    let address = page.client.current_url().await.expect("the address");
+    assert!(
+        !address.as_str().contains("token"),
+        "the token is left in the address bar: {address}"
+    );
+    page.wait_connected().await;
+    page.start_demo().await;
+    page.answer_rightly().await;
+    page.screenshot("1-signed-in-from-fragment").await;
+
+    // Signed out, the page has no name field to offer: only a token.
+    page.click("#sign-out").await;
+    page.wait_text("#mode", "Sign in through your organisation")
+        .await;
+    assert!(!page.visible("#name").await);
+    page.type_into("#token-input", "not-a-token").await;
+    page.click("#sign-in-button").await;
+    page.wait_text("#sign-in-error", "not a token").await;
+    page.screenshot("2-organisation-sign-in").await;
+    let (status, _) = stage.server.get("/api/dev/config", "").await;
+    assert_eq!(status, 200);
+    stage.finish(vec![page]).await;
 }

@@ -114,6 +114,15 @@ window.Assessd = (function () {
     } catch (e) {
       if (info) info.textContent = "The server cannot be reached.";
     }
+    const signOutButton = $("sign-out");
+    if (signOutButton) {
+      signOutButton.addEventListener("click", () => {
+        // Signing out drops this page's token and an answer still waiting to be sent.
+        sessionStorage.removeItem(tokenKey(page));
+        sessionStorage.removeItem("assessd.pending");
+        location.reload();
+      });
+    }
     // A token handed over by the host application in the fragment: keep it, then take it
     // out of the address bar (and so out of history and bookmarks).
     const fragment = new URLSearchParams(location.hash.slice(1));
@@ -214,13 +223,6 @@ window.Assessd = (function () {
       }
     }
 
-    const out = $("sign-out");
-    if (out) {
-      out.addEventListener("click", () => {
-        sessionStorage.removeItem(tokenKey(page));
-        location.reload();
-      });
-    }
   }
 
   /** Forgets this page's token (it was refused) and shows the sign-in form again. */
