@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -400,6 +401,26 @@ impl Page {
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
+    /// Presses `key` in whatever has the focus, as a keyboard user would.
+    pub async fn press(&self, key: Key) {
+        self.client
+            .active_element()
+            .await
+            .expect("a focused element")
+            .send_keys(&key)
+            .await
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
+    }
+
+    /// The id of the element that has the focus.
+    pub async fn focused(&self) -> String {
+        self.js("return document.activeElement.id;", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Saves `target/browser-screenshots/<scenario>-<step>.png`.
     pub async fn screenshot(&self, step: &str) {
         let png = self.client.screenshot().await.expect("a screenshot");
@@ -433,10 +454,10 @@ impl Page {
         .await;
     }
 
-    /// Starts (or resumes) the demo test from the list and waits for question 1's heading.
+    /// Starts (or resumes) the demo test from the list and waits for its question.
     pub async fn start_demo(&self) {
         self.click("button[data-test-id=\"demo\"]").await;
-        self.wait_text("#q-heading", "Question").await;
+        self.wait_visible("#question-form").await;
     }
 
     /// The id of the question on screen.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use assessd::auth::{JwtKeys, Role, Secret};
+use fantoccini::key::Key;
 use serde_json::{json, Value};
 
 use crate::harness::{answers_recorded, until, Stage};
@@ -32,10 +33,7 @@ async fn the_whole_demo_test() {
     assert!(page.text("#timer").await.starts_with("Time left 1"));
     assert_eq!(page.text("#progress-text").await, "0 of 4 answered");
     // Focus moves to each new question.
-    let focused = page
-        .js("return document.activeElement.id;", Value::Null)
-        .await;
-    assert_eq!(focused, "q-heading");
+    assert_eq!(page.focused().await, "q-heading");
     page.type_into("#chat-input", "Any hint?").await;
     page.click("#chat-send").await;
     page.wait_text("#chat-log", "Tutor:").await;
@@ -54,9 +52,27 @@ async fn the_whole_demo_test() {
     for position in 2..=4 {
         page.wait_text("#q-heading", &format!("Question {position} of 4"))
             .await;
-        page.answer_rightly().await;
+        assert_eq!(page.focused().await, "q-heading");
+        if position == 3 {
+            // By keyboard alone: Tab to the first choice (the right one), Space to choose
+            // it, Tab to the button, Enter to send; the feedback takes the focus.
+            for key in [Key::Tab, Key::Space, Key::Tab, Key::Enter] {
+                page.press(key).await;
+            }
+            page.wait_visible("#feedback").await;
+            page.wait_text("#fb-verdict", "Correct").await;
+            assert_eq!(page.focused().await, "feedback");
+        } else {
+            page.answer_rightly().await;
+        }
         page.wait_text("#progress-text", &format!("{position} of 4 answered"))
             .await;
+        let label = if position == 4 {
+            "See your result"
+        } else {
+            "Next question"
+        };
+        page.wait_text("#next", label).await;
         page.next().await;
     }
     page.wait_visible("#done").await;
@@ -149,7 +165,7 @@ async fn the_page_survives_a_server_restart() {
     page.wait_visible("#feedback").await;
     page.wait_text("#fb-verdict", "Correct").await;
     page.wait_connected().await;
-    assert_eq!(page.text("#progress-text").await, "2 of 4 answered");
+    page.wait_text("#progress-text", "2 of 4 answered").await;
     let kept = page
         .js(
             "return sessionStorage.getItem('assessd.pending');",

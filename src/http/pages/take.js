@@ -181,8 +181,12 @@
         begin(m);
         break;
       case "QUESTION":
-        if (S.showingFeedback) S.buffered = m;
-        else showQuestion(m);
+        if (S.showingFeedback) {
+          S.buffered = m;
+          $("next").textContent = "Next question";
+        } else {
+          showQuestion(m);
+        }
         break;
       case "ANSWER_FEEDBACK":
         feedback(m);
@@ -202,13 +206,18 @@
           $("answer-status").textContent = "";
         }
         stopTimer();
-        if (S.showingFeedback) S.buffered = m;
-        else complete(m);
+        if (S.showingFeedback) {
+          S.buffered = m;
+          $("next").textContent = "See your result";
+        } else {
+          complete(m);
+        }
         break;
       }
       case "DEADLINE_CHANGED":
         if (S.assessment && S.assessment.assessment_id === m.assessment_id) {
           S.assessment.deadline = m.deadline;
+          S.assessment.time_limit_secs = null; // extended: the limit no longer caps it
           startTimer();
         }
         break;
@@ -351,12 +360,16 @@
       score: m.score || 0,
       max_score: m.max_score,
       deadline: m.deadline,
+      time_limit_secs: m.time_limit_secs,
     };
     S.showingFeedback = false;
     S.buffered = null;
     S.question = null;
     $("test-title").textContent = S.assessment.title;
     $("feedback").hidden = true;
+    // Nothing of an earlier attempt stays on screen until this one's question arrives.
+    $("question-form").hidden = true;
+    $("q-heading").textContent = "";
     only("test");
     progress();
     startTimer();
@@ -380,7 +393,9 @@
     }
     const tick = () => {
       const left = Math.max(0, deadline - (Date.now() + S.clockOffset));
-      const secs = Math.ceil(left / 1000);
+      // Never more than the limit: the two clocks may differ by the network's delay.
+      const limit = S.assessment && S.assessment.time_limit_secs;
+      const secs = Math.min(Math.ceil(left / 1000), limit || Infinity);
       timer.textContent = left > 0
         ? "Time left " + Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0")
         : "Time is up";
