@@ -136,14 +136,46 @@ impl Stage {
         page
     }
 
-    /// Ends the scenario: closes nothing the drops do not (they kill chromedriver, whose
-    /// Chromium instances go with it, and the server).
+    /// Ends the scenario: closes each browser, then stops chromedriver and the server.
     pub async fn finish(mut self, pages: Vec<Page>) {
         for page in pages {
             let _ = page.client.close().await;
         }
         let _ = self.driver.kill().await;
         self.server.kill().await;
+    }
+}
+
+impl Drop for Stage {
+    /// A scenario that failed never reached [`Stage::finish`]: ask chromedriver to quit its
+    /// browsers (its `/shutdown`) before it is killed, so no Chromium outlives the test.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(addr) = self.driver_url.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(addr) = addr.parse::<SocketAddr>() else {
+            return;
+        };
+        let Ok(mut stream) =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        else {
+            return; // already stopped by finish()
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request =
+            format!("GET /shutdown HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        // It answers first and quits its browsers after; it exits once they are gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.driver.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
