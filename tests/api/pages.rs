@@ -185,6 +185,48 @@ async fn bad_sign_in_requests_get_clear_errors() {
     app.stop().await;
 }
 
+/// The replies of the sign-in endpoints, successes and errors, have the documented shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_replies_have_the_documented_shapes() {
+    let Some(dev) = spawn_app_with(Backend::Sqlite, |s| s.dev_sign_in = true).await else {
+        return;
+    };
+    let Some(configured) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let document = crate::openapi::document(&dev).await;
+    let mut replies = vec![(
+        "GET",
+        "/api/dev/config",
+        dev.get("/api/dev/config", "").await,
+    )];
+    for (app, body) in [
+        (&dev, r#"{"name": "shape", "role": "admin"}"#),
+        (&dev, r#"{"name": "a/b"}"#),
+        (&dev, "junk"),
+        (&configured, r#"{"name": "shape"}"#),
+    ] {
+        replies.push((
+            "POST",
+            "/api/dev/token",
+            post_json(app, "/api/dev/token", body).await,
+        ));
+    }
+    let statuses: Vec<u16> = replies.iter().map(|r| r.2 .0).collect();
+    assert_eq!(statuses, [200, 200, 422, 400, 404]);
+    for (method, path, (status, body)) in &replies {
+        let schema = crate::openapi::response_schema(&document, method, path, *status);
+        let mut errors = Vec::new();
+        crate::openapi::check(&document, schema, body, "body", &mut errors);
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: {errors:#?}\n{body}"
+        );
+    }
+    dev.stop().await;
+    configured.stop().await;
+}
+
 /// The real binary: without `ASSESSD_JWT_SECRET` it turns development sign-in on; with it,
 /// off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
