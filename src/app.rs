@@ -143,6 +143,7 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
         limits,
         node_id: settings.node_id.clone(),
+        dev_sign_in: settings.dev_sign_in,
         tutor: Arc::new(OfflineTutor),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),

@@ -295,6 +295,8 @@ pub async fn serve(
             std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))
         })
         .transpose()?;
+    // Only the generated development secret lets the server mint tokens for the pages.
+    let mut dev_sign_in = false;
     let secret = if let Some(path) = &args.keys.jwt_public_key {
         tracing::info!(
             path = %absolute(path).display(),
@@ -316,6 +318,10 @@ pub async fn serve(
                 if *created {
                     tracing::warn!("{}", created_secret(path));
                 }
+                tracing::warn!(
+                    "development sign-in is on: the pages at / ask this server to mint tokens for any name"
+                );
+                dev_sign_in = true;
             }
         }
         secret
@@ -324,6 +330,7 @@ pub async fn serve(
     let new_file = new_sqlite_file(&location);
     let mut settings = Settings::new(args.bind, database_url, secret);
     settings.jwt_public_key = public_key;
+    settings.dev_sign_in = dev_sign_in;
     settings.jwt_issuer = args.keys.jwt_issuer.clone();
     settings.jwt_audience = args.keys.jwt_audience.clone();
     settings.node_id = args.node_id.clone().unwrap_or_else(default_node_id);

@@ -272,6 +272,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Load the demo test when it is not in the catalog yet.
     pub load_demo: bool,
+    /// `POST /api/dev/token` mints tokens: only when tokens are verified with the generated
+    /// development secret (no `ASSESSD_JWT_SECRET`, no public key). Off unless `serve` finds
+    /// itself in that case.
+    pub dev_sign_in: bool,
 }
 
 /// Per-connection limits of the WebSocket server.
@@ -319,6 +323,7 @@ impl Settings {
             snapshot_every: defaults::SNAPSHOT_EVERY,
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             load_demo: true,
+            dev_sign_in: false,
         }
     }
 }

@@ -12,8 +12,8 @@
 //! - [`auth`]: JWT verification and minting, roles, secrets that never print.
 //! - [`ws`]: the WebSocket protocol: wire messages, the session that turns frames into
 //!   commands, and the replies it sends.
-//! - [`http`]: the HTTP API, one module per feature (home and health, the socket upgrade,
-//!   tests, admin, audit).
+//! - [`http`]: the HTTP API, one module per feature (health, the socket upgrade, tests,
+//!   admin, audit), and the browser pages with their development sign-in.
 //! - [`rate_limit`]: each user's message budget.
 //! - [`jobs`]: background jobs an admin follows (projection rebuilds).
 //! - [`registry`]: the live sessions of this node, one per user, their command locks, and

@@ -30,6 +30,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub limits: Limits,
     pub node_id: String,
+    /// The server verifies tokens with the generated development secret, so the pages may
+    /// ask it to mint one (`POST /api/dev/token`).
+    pub dev_sign_in: bool,
     pub tutor: Arc<dyn Tutor>,
     pub rate: UserRateLimit,
     /// The read models, kept caught up in the background.

@@ -1,9 +1,9 @@
-//! `GET /` (what is running here), liveness, readiness and Prometheus metrics. None of
-//! them needs a token.
+//! Liveness, readiness and Prometheus metrics. None of them needs a token. (`GET /` is the
+//! test-taker's page, in [`super::pages`].)
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -14,57 +14,9 @@ use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-}
-
-/// A small page saying what runs here and where to go next, until the test-taker's page
-/// exists.
-#[utoipa::path(
-    get,
-    path = "/",
-    tag = "home",
-    summary = "What is running here",
-    description = "A small HTML page with the version, the node id, the storage backend and \
-                   links to the other public endpoints. No token.",
-    responses(
-        (status = 200, description = "The page.", body = String, content_type = "text/html; charset=utf-8"),
-    ),
-)]
-async fn index(State(state): State<AppState>) -> Html<String> {
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>assessd</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}code{{background:#f2f2f2;padding:0 .2rem}}</style>
-</head>
-<body>
-<h1>assessd {version} is running</h1>
-<p>An event-sourced assessment server, node <code>{node}</code>, storing events in {backend}.</p>
-<ul>
-<li>Test-takers connect a WebSocket to <code>/ws</code> with a token (<code>?access_token=</code> or an <code>Authorization: Bearer</code> header).</li>
-<li>The wire protocol is described in <code>docs/protocol.md</code> in the assessd repository.</li>
-<li>The HTTP API is described by <a href="/api/openapi.json">/api/openapi.json</a> (OpenAPI).</li>
-<li>Health: <a href="/healthz">/healthz</a>, readiness: <a href="/readyz">/readyz</a>, metrics: <a href="/metrics">/metrics</a>.</li>
-</ul>
-<p>The test-taker's web page is not part of this version yet.</p>
-</body>
-</html>
-"#,
-        version = env!("CARGO_PKG_VERSION"),
-        node = html_escape(&state.node_id),
-        backend = state.db.backend(),
-    ))
-}
-
-/// Escapes text for HTML: the node id comes from configuration.
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 // The handlers write these bodies with `json!`; the types below only describe them for the

@@ -1,6 +1,8 @@
 //! The HTTP API (PROTOCOL section 3), one module per feature, each with its own routes:
 //!
-//! - [`home`]: `GET /`, health, readiness and metrics.
+//! - [`pages`]: the browser pages (`/`, `/audit`, `/admin`) and their assets.
+//! - [`sign_in`]: development sign-in for the pages (`/api/dev/config`, `/api/dev/token`).
+//! - [`home`]: health, readiness and metrics.
 //! - [`socket`]: the WebSocket upgrade at `/ws`.
 //! - [`catalog`]: the tests a taker may take, and test definitions for admins.
 //! - [`statistics`]: item statistics of a test, for admins.
@@ -21,7 +23,9 @@ pub mod catalog;
 pub mod home;
 pub mod me;
 pub mod openapi;
+pub mod pages;
 pub mod projections;
+pub mod sign_in;
 pub mod socket;
 pub mod statistics;
 
@@ -38,6 +42,8 @@ use crate::state::AppState;
 /// Every route of the HTTP API, and a JSON 404 for the rest.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .merge(pages::routes())
+        .merge(sign_in::routes())
         .merge(home::routes())
         .merge(socket::routes())
         .merge(catalog::routes())

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, audit, catalog, home, me, projections, socket, statistics};
+use super::{admin, audit, catalog, home, me, pages, projections, sign_in, socket, statistics};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -37,7 +37,12 @@ pub fn routes() -> Router<AppState> {
                        described in `docs/protocol.md` in the assessd repository.",
     ),
     paths(
-        home::index,
+        pages::take_page,
+        pages::audit_page,
+        pages::admin_page,
+        pages::asset,
+        sign_in::dev_config,
+        sign_in::dev_token,
         home::healthz,
         home::readyz,
         home::metrics,
@@ -61,7 +66,8 @@ pub fn routes() -> Router<AppState> {
     ),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "home", description = "What runs here, liveness, readiness and metrics. No token."),
+        (name = "pages", description = "The browser pages and their development sign-in. No token."),
+        (name = "home", description = "Liveness, readiness and metrics. No token."),
         (name = "socket", description = "The test-taker's WebSocket."),
         (name = "catalog", description = "The tests a taker may take, and test definitions for admins."),
         (name = "me", description = "A test-taker's own attempts."),

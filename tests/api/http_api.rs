@@ -19,7 +19,7 @@ async fn health_and_readiness(backend: Backend) {
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
-    // The address the README's first command serves says what runs there.
+    // The address the README's first command serves is the test-taker's page.
     let home = app.http.get(app.url("/")).send().await.unwrap();
     assert_eq!(home.status(), 200);
     assert!(home.headers()["content-type"]
@@ -28,7 +28,7 @@ async fn health_and_readiness(backend: Backend) {
         .starts_with("text/html"));
     let page = home.text().await.unwrap();
     assert!(
-        page.contains("assessd") && page.contains("/ws") && page.contains("docs/protocol.md"),
+        page.contains("assessd") && page.contains("/assets/take.js"),
         "{page}"
     );
     app.stop().await;

@@ -13,6 +13,7 @@ mod http_api;
 mod lifecycle;
 mod limits;
 mod openapi;
+mod pages;
 mod projections;
 mod snapshots;
 mod store;

@@ -16,6 +16,11 @@ use crate::helpers::{small_test, spawn_app, Backend, TestApp};
 /// is axum's too), with the roles it lets in (none: public, no token needed).
 const ROUTES: &[(&str, &str, &[&str])] = &[
     ("GET", "/", &[]),
+    ("GET", "/audit", &[]),
+    ("GET", "/admin", &[]),
+    ("GET", "/assets/{file}", &[]),
+    ("GET", "/api/dev/config", &[]),
+    ("POST", "/api/dev/token", &[]),
     ("GET", "/healthz", &[]),
     ("GET", "/readyz", &[]),
     ("GET", "/metrics", &[]),
@@ -66,7 +71,7 @@ fn route_set(routes: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String)> {
 }
 
 /// Fetches the document without a token.
-async fn document(app: &TestApp) -> Value {
+pub(crate) async fn document(app: &TestApp) -> Value {
     let response = app
         .http
         .get(app.url("/api/openapi.json"))
@@ -505,7 +510,13 @@ async fn every_route_refuses_bad_tokens_and_wrong_roles() {
 /// (`$ref`, `type`, `enum`, `properties`, `required`, `items`, `oneOf`), collecting every
 /// mismatch. Stricter than JSON Schema on purpose: an object whose schema lists properties
 /// may have no others, because a field missing from the document is a gap in it.
-fn check(document: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+pub(crate) fn check(
+    document: &Value,
+    schema: &Value,
+    value: &Value,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
     if let Some(reference) = schema["$ref"].as_str() {
         let name = reference
             .strip_prefix("#/components/schemas/")
@@ -574,7 +585,12 @@ fn check(document: &Value, schema: &Value, value: &Value, at: &str, errors: &mut
 }
 
 /// The schema the document gives for `status` of `METHOD path`.
-fn response_schema<'d>(document: &'d Value, method: &str, path: &str, status: u16) -> &'d Value {
+pub(crate) fn response_schema<'d>(
+    document: &'d Value,
+    method: &str,
+    path: &str,
+    status: u16,
+) -> &'d Value {
     let response = &document["paths"][path][method.to_lowercase()]["responses"][status.to_string()];
     let schema = &response["content"]["application/json"]["schema"];
     assert!(
