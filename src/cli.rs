@@ -318,10 +318,19 @@ pub async fn serve(
                 if *created {
                     tracing::warn!("{}", created_secret(path));
                 }
-                tracing::warn!(
-                    "development sign-in is on: the pages at / ask this server to mint tokens for any name"
-                );
-                dev_sign_in = true;
+                // Anyone who reaches the server could mint an admin token: only on a
+                // loopback address, where that is the machine's own user.
+                if args.bind.ip().is_loopback() {
+                    tracing::warn!(
+                        "development sign-in is on: the pages at / ask this server to mint tokens for any name"
+                    );
+                    dev_sign_in = true;
+                } else {
+                    tracing::warn!(
+                        bind = %args.bind,
+                        "development sign-in is off: this address is not loopback; set ASSESSD_JWT_SECRET and hand tokens to the pages"
+                    );
+                }
             }
         }
         secret

@@ -2,8 +2,9 @@
 //! server mints tokens itself, and `POST /api/dev/token` mints one for a name and a role.
 //!
 //! Minting happens only when tokens are verified with the generated development secret
-//! (no `ASSESSD_JWT_SECRET`, no `ASSESSD_JWT_PUBLIC_KEY`): a server with a real signing key
-//! answers 404, and its pages take a token handed over by the host application instead.
+//! (no `ASSESSD_JWT_SECRET`, no `ASSESSD_JWT_PUBLIC_KEY`) and the server listens on a
+//! loopback address: a server with a real signing key, or reachable from elsewhere, answers
+//! 404, and its pages take a token handed over by the host application instead.
 //! Neither endpoint needs a token; the minted token is never logged.
 
 use std::time::Duration;

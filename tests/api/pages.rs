@@ -228,15 +228,19 @@ async fn sign_in_replies_have_the_documented_shapes() {
 }
 
 /// The real binary: without `ASSESSD_JWT_SECRET` it turns development sign-in on; with it,
-/// off.
+/// off; and off on an address that is not loopback, where anyone could mint a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_turns_development_sign_in_on_only_with_the_generated_secret() {
-    for (secret, expected) in [(None, true), (Some("a-configured-secret-0123"), false)] {
+    for (bind, secret, expected) in [
+        ("127.0.0.1:0", None, true),
+        ("127.0.0.1:0", Some("a-configured-secret-0123"), false),
+        ("0.0.0.0:0", None, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_assessd"));
         command
             .arg("serve")
-            .env("ASSESSD_BIND", "127.0.0.1:0")
+            .env("ASSESSD_BIND", bind)
             .env(
                 "DATABASE_URL",
                 format!("sqlite://{}", dir.path().join("a.db").display()),
@@ -256,7 +260,7 @@ async fn serve_turns_development_sign_in_on_only_with_the_generated_secret() {
         let addr = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("assessd listening on http://") {
-                    return addr.to_string();
+                    return addr.replace("0.0.0.0", "127.0.0.1");
                 }
             }
             panic!("assessd exited before listening");
@@ -272,7 +276,7 @@ async fn serve_turns_development_sign_in_on_only_with_the_generated_secret() {
             .json()
             .await
             .unwrap();
-        assert_eq!(config["dev_sign_in"], expected, "secret {secret:?}");
+        assert_eq!(config["dev_sign_in"], expected, "{bind}, secret {secret:?}");
         let minted = http
             .post(format!("http://{addr}/api/dev/token"))
             .json(&json!({"name": "alice"}))
