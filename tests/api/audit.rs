@@ -243,13 +243,13 @@ async fn the_export_streams_every_event(backend: Backend) {
     let auditor = app.token("aud", Role::Auditor);
     let mut real = app.connect("real").await;
     real.start("demo").await;
-    insert_chats(&app.state.db, "bulk-a", 1300).await;
-    insert_chats(&app.state.db, "bulk-b", 1200).await;
+    insert_chats(&app.state.db, "bulk-a", 5300).await;
+    insert_chats(&app.state.db, "bulk-b", 4700).await;
     // Written past the API (which refuses control characters in a user id): a stored id
     // reads back exactly, whatever it holds.
     let odd = "odd \"ü\" \u{1f} | \\ id";
     insert_chats(&app.state.db, odd, 3).await;
-    let total = 2 + 1300 + 1200 + 3;
+    let total = 2 + 5300 + 4700 + 3;
     let paged = read_pages_until(
         &app,
         &auditor,
@@ -284,7 +284,7 @@ async fn the_export_streams_every_event(backend: Backend) {
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap())
         .collect();
-    assert_eq!(sequences, (1..=1300).collect::<Vec<_>>());
+    assert_eq!(sequences, (1..=5300).collect::<Vec<_>>());
     // The same filters as the listing.
     let (_, _, body) = export(
         &app,
