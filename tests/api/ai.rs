@@ -306,6 +306,27 @@ async fn a_reply_streams_and_is_recorded_with_its_model(backend: Backend) {
     assert!(metrics.contains("assessd_ai_call_duration_seconds_count{profile=\"default\"} 1"));
     assert!(!metrics.contains(API_KEY));
 
+    // Reconnecting replays the stream from the events: the model is not asked again.
+    drop(alice);
+    let mut again = app.connect("alice").await;
+    again.recv_type("ASSESSMENT_RESUMED").await;
+    again.recv_type("QUESTION").await;
+    again.assert_alive().await;
+    assert_eq!(fake.requests(), 1);
+
+    // Without a test in progress the model is told there is no question; nothing to guard.
+    let mut bob = app.connect("bob").await;
+    bob.send(json!({"type": "CHAT_MESSAGE", "text": "Hello?"}))
+        .await;
+    let messages = until(&mut bob, "SYSTEM_MESSAGE").await;
+    assert!(messages.last().unwrap().get("assessment_id").is_none());
+    let (request, _) = fake.seen.lock().unwrap()[1].clone();
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("no question on screen"), "{system}");
+    let bob_events = app.stream_of("bob").await;
+    assert_eq!(bob_events[0]["payload"]["model"], MODEL);
+    assert!(bob_events[0]["payload"]["assessment_id"].is_null());
+
     // A definition may name only a profile this server has.
     let (status, body) = app
         .put_json(
