@@ -145,6 +145,7 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         node_id: settings.node_id.clone(),
         dev_sign_in: settings.dev_sign_in,
         tutor: Arc::new(OfflineTutor),
+        ai: Arc::new(crate::ai::Ai::new(&settings.ai)),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
     }))

@@ -239,6 +239,23 @@ async fn open_database(url: &str) -> anyhow::Result<Database> {
 }
 
 /// The SQLite file `location` names, when it does not exist yet (connecting will create it).
+/// Says which AI profiles the tutor uses (names, servers and models; never a key).
+fn log_ai(config: &crate::ai::AiConfig) {
+    if config.is_offline() {
+        tracing::info!("no AI provider configured: the tutor is offline");
+        return;
+    }
+    for profile in config.default.iter().chain(config.profiles.values()) {
+        tracing::info!(
+            profile = %profile.name,
+            base_url = %profile.base_url,
+            model = %profile.model,
+            key = if profile.api_key.is_some() { "set" } else { "none" },
+            "AI provider profile"
+        );
+    }
+}
+
 fn new_sqlite_file(location: &Location) -> Option<PathBuf> {
     location
         .sqlite_file()
@@ -347,6 +364,11 @@ pub async fn serve(
     settings.db_pool = args.db_pool;
     settings.snapshot_every = args.snapshot_every;
     settings.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    settings.ai = args
+        .ai
+        .config()
+        .context("Failed to read the AI provider configuration")?;
+    log_ai(&settings.ai);
     let app = Application::build(settings).await?;
     if let Some(file) = new_file {
         tracing::warn!("{}", created_database(&file));

@@ -253,6 +253,62 @@ pub struct ServeArgs {
     /// Seconds to let in-flight commands finish on shutdown.
     #[arg(long, env = "ASSESSD_SHUTDOWN_GRACE_SECS", default_value_t = defaults::SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub ai: AiArgs,
+}
+
+/// The AI provider (src/ai/). With neither `OPENAI_API_KEY` nor `OPENAI_BASE_URL` nor named
+/// profiles the tutor is offline. A named profile's own settings are read from
+/// `ASSESSD_AI_PROFILE_<NAME>_API_KEY`, `_BASE_URL` and `_MODEL`.
+#[derive(Debug, Clone, Args)]
+pub struct AiArgs {
+    /// API key of the default AI profile.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// Base URL of an OpenAI-compatible API for the default profile, e.g.
+    /// `http://127.0.0.1:11434/v1` [default with a key: https://api.openai.com/v1].
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    /// The model every profile asks unless its own `_MODEL` says otherwise.
+    #[arg(long, env = "ASSESSD_AI_MODEL", default_value = crate::ai::config::defaults::MODEL)]
+    pub ai_model: String,
+    /// Named AI profiles, comma-separated (e.g. `course-a,course-b`); a test definition
+    /// picks one with `ai.profile`.
+    #[arg(long, env = "ASSESSD_AI_PROFILES")]
+    pub ai_profiles: Option<String>,
+    /// Seconds one model call may take, retries included.
+    #[arg(long, env = "ASSESSD_AI_TIMEOUT_SECS", default_value_t = crate::ai::config::defaults::TIMEOUT_SECS)]
+    pub ai_timeout_secs: u64,
+    /// Retries of a model call answered with 429 or 5xx.
+    #[arg(long, env = "ASSESSD_AI_RETRIES", default_value_t = crate::ai::config::defaults::RETRIES)]
+    pub ai_retries: u32,
+    /// Model calls in flight at once on this node.
+    #[arg(long, env = "ASSESSD_AI_MAX_CONCURRENT", default_value_t = crate::ai::config::defaults::MAX_CONCURRENT)]
+    pub ai_max_concurrent: usize,
+    /// Model calls in flight at once for one user.
+    #[arg(long, env = "ASSESSD_AI_MAX_PER_USER", default_value_t = crate::ai::config::defaults::MAX_PER_USER)]
+    pub ai_max_per_user: usize,
+}
+
+impl AiArgs {
+    /// The AI configuration, named profiles read from the process environment.
+    ///
+    /// # Errors
+    /// A [`crate::ai::config::AiConfigError`] naming the variable at fault.
+    pub fn config(&self) -> Result<crate::ai::AiConfig, crate::ai::config::AiConfigError> {
+        let sources = crate::ai::config::AiSources {
+            api_key: self.openai_api_key.clone(),
+            base_url: self.openai_base_url.clone(),
+            model: Some(self.ai_model.clone()),
+            profiles: self.ai_profiles.clone(),
+        };
+        let mut config = crate::ai::config::profiles_from(&sources, |k| std::env::var(k).ok())?;
+        config.timeout = Duration::from_secs(self.ai_timeout_secs.max(1));
+        config.retries = self.ai_retries;
+        config.max_concurrent = self.ai_max_concurrent.max(1);
+        config.max_per_user = self.ai_max_per_user.max(1);
+        Ok(config)
+    }
 }
 
 /// Everything an [`crate::Application`] needs.
@@ -276,6 +332,8 @@ pub struct Settings {
     /// development secret (no `ASSESSD_JWT_SECRET`, no public key). Off unless `serve` finds
     /// itself in that case.
     pub dev_sign_in: bool,
+    /// The AI provider; offline by default.
+    pub ai: crate::ai::AiConfig,
 }
 
 /// Per-connection limits of the WebSocket server.
@@ -324,6 +382,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             load_demo: true,
             dev_sign_in: false,
+            ai: crate::ai::AiConfig::default(),
         }
     }
 }

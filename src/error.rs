@@ -154,6 +154,23 @@ impl From<CommandError> for ClientError {
     }
 }
 
+impl From<crate::ai::Busy> for ClientError {
+    fn from(err: crate::ai::Busy) -> Self {
+        ClientError::new(ErrorCode::AiUnavailable, err.to_string())
+    }
+}
+
+impl From<&crate::ai::AiError> for ClientError {
+    /// The detail (an upstream message, a URL) is for the log; the client learns only
+    /// that the tutor is unavailable.
+    fn from(_: &crate::ai::AiError) -> Self {
+        ClientError::new(
+            ErrorCode::AiUnavailable,
+            "the AI tutor is unavailable right now; nothing was recorded, ask again later",
+        )
+    }
+}
+
 impl From<AuthError> for ClientError {
     fn from(err: AuthError) -> Self {
         ClientError::new(ErrorCode::Unauthorized, err.to_string())

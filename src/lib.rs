@@ -21,6 +21,8 @@
 //! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
 //!   queries.
 //! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
+//! - [`ai`]: the OpenAI-compatible provider (async-openai), its profiles, caps and the
+//!   answer-key guard; the AI tutor's reply streams from [`ws::chat`].
 //! - [`definitions`]: reading test definitions, and the demo test.
 //! - [`dev`]: `assessd dev seed`, synthetic attempts through the command path.
 //! - [`error`]: every client-visible error, mapped to HTTP statuses and protocol codes.
@@ -29,6 +31,7 @@
 //! The rules themselves live in the `domain` crate, which does no IO.
 #![forbid(unsafe_code)]
 
+pub mod ai;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): live connections, messages in and out by type,
-//! command latency, evictions and errors by code.
+//! command latency, evictions and errors by code, and model calls (by profile and outcome,
+//! their latency and the tokens they used).
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -26,6 +27,25 @@ pub struct CommandLabel {
     pub command: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiCallLabel {
+    pub profile: String,
+    /// `ok`, `withheld`, `timeout`, `error` or `refused` (over a cap, never sent).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileLabel {
+    pub profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabel {
+    pub profile: String,
+    /// `prompt` or `completion`.
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -35,6 +55,9 @@ pub struct Metrics {
     pub evictions: Counter<u64, AtomicU64>,
     pub errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
     pub refused_connections: Counter<u64, AtomicU64>,
+    pub ai_calls: Family<AiCallLabel, Counter<u64, AtomicU64>>,
+    pub ai_call_seconds: Family<ProfileLabel, Histogram>,
+    pub ai_tokens: Family<TokenLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -80,6 +103,26 @@ impl Metrics {
             "Upgrades refused because the server was full",
             refused_connections.clone(),
         );
+        let ai_calls = Family::<AiCallLabel, Counter>::default();
+        registry.register(
+            "ai_calls",
+            "Model calls, by provider profile and outcome",
+            ai_calls.clone(),
+        );
+        let ai_call_seconds = Family::<ProfileLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 12))
+        });
+        registry.register(
+            "ai_call_duration_seconds",
+            "Time from asking a model to its last word (or failure)",
+            ai_call_seconds.clone(),
+        );
+        let ai_tokens = Family::<TokenLabel, Counter>::default();
+        registry.register(
+            "ai_tokens",
+            "Tokens used by model calls, as the provider reported them",
+            ai_tokens.clone(),
+        );
         Self {
             registry,
             connections,
@@ -89,6 +132,45 @@ impl Metrics {
             evictions,
             errors,
             refused_connections,
+            ai_calls,
+            ai_call_seconds,
+            ai_tokens,
+        }
+    }
+
+    /// One model call that ended with `outcome` after `took` (none when it never started).
+    pub fn ai_call(
+        &self,
+        profile: &str,
+        outcome: &str,
+        took: Option<Duration>,
+        usage: Option<domain::TokenUsage>,
+    ) {
+        self.ai_calls
+            .get_or_create(&AiCallLabel {
+                profile: profile.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Some(took) = took {
+            self.ai_call_seconds
+                .get_or_create(&ProfileLabel {
+                    profile: profile.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+        if let Some(usage) = usage {
+            for (kind, tokens) in [
+                ("prompt", usage.prompt_tokens),
+                ("completion", usage.completion_tokens),
+            ] {
+                self.ai_tokens
+                    .get_or_create(&TokenLabel {
+                        profile: profile.to_string(),
+                        kind: kind.to_string(),
+                    })
+                    .inc_by(u64::from(tokens));
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Shared {
     /// ask it to mint one (`POST /api/dev/token`).
     pub dev_sign_in: bool,
     pub tutor: Arc<dyn Tutor>,
+    /// The AI providers (none when offline) and the caps on model calls.
+    pub ai: Arc<crate::ai::Ai>,
     pub rate: UserRateLimit,
     /// The read models, kept caught up in the background.
     pub projections: projections::Projections,

@@ -1,6 +1,7 @@
-//! The tutor behind `CHAT_MESSAGE`. It helps the test-taker think without revealing an
-//! answer. Offline (the default) it gives canned, deterministic guidance; the AI issue adds
-//! an OpenAI-compatible implementation of the same trait.
+//! The offline tutor behind `CHAT_MESSAGE`: it helps the test-taker think without revealing
+//! an answer, with canned, deterministic guidance. It answers whenever no AI provider
+//! profile applies; a model's reply streams instead through [`crate::ai`] and
+//! [`crate::ws::chat`], which need a task and a guard this one-shot trait does not.
 
 use async_trait::async_trait;
 use domain::{PresentedQuestion, QuestionKind};

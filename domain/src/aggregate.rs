@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::UserCommand;
 use crate::error::DomainError;
-use crate::events::{Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent};
+use crate::events::{
+    AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent,
+};
 use crate::grading::{self, OFFLINE_GRADER};
 use crate::test_definition::TestDefinition;
 
@@ -150,8 +152,9 @@ impl UserStream {
                 text,
                 reply,
                 tutor,
+                ai,
                 now,
-            } => decision.chat(assessment_id, text, reply, tutor, now)?,
+            } => decision.chat(assessment_id, text, reply, tutor, ai, now)?,
             UserCommand::EndByAdmin { assessment_id, now } => {
                 decision.end_by_admin(assessment_id, now)?
             }
@@ -424,6 +427,7 @@ impl Deciding {
         text: String,
         reply: String,
         tutor: String,
+        ai: Option<AiProvenance>,
         now: DateTime<Utc>,
     ) -> Result<Outcome, DomainError> {
         if text.trim().is_empty() {
@@ -458,6 +462,10 @@ impl Deciding {
             reply_text: reply,
             tutor,
             exchanged_at: now,
+            provider_profile: ai.as_ref().map(|a| a.provider_profile.clone()),
+            model: ai.as_ref().map(|a| a.model.clone()),
+            usage: ai.as_ref().and_then(|a| a.usage),
+            withheld: ai.is_some_and(|a| a.withheld),
         });
         Ok(Outcome::Chatted)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::events::Answer;
+use crate::events::{AiProvenance, Answer};
 use crate::test_definition::TestDefinition;
 
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub enum UserCommand {
         text: String,
         reply: String,
         tutor: String,
+        /// Set when an AI model wrote (or was withheld from writing) the reply.
+        ai: Option<AiProvenance>,
         now: DateTime<Utc>,
     },
     /// An admin ends an attempt in progress.

@@ -77,6 +77,30 @@ pub struct PresentedQuestion {
     pub points: f64,
 }
 
+/// Tokens a model call used, as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Where an AI tutor reply came from, recorded with it. Absent for the offline tutor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AiProvenance {
+    /// The configured provider profile (`default` or a named one), never its key.
+    pub provider_profile: String,
+    pub model: String,
+    /// `None` when the provider reported none (e.g. the reply was cut off).
+    pub usage: Option<TokenUsage>,
+    /// The model's reply gave the answer away and a fixed safe reply was recorded instead.
+    pub withheld: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
     AssessmentStarted {
@@ -138,9 +162,23 @@ pub enum UserEvent {
         question_id: Option<String>,
         user_text: String,
         reply_text: String,
-        /// What wrote the reply: `offline_tutor` or an AI model's name.
+        /// What wrote the reply: `offline_tutor`, or `ai` for a model (named below).
         tutor: String,
         exchanged_at: DateTime<Utc>,
+        // The fields below were added later: absent in older events and in the offline
+        // tutor's, so those load, replay and hash exactly as they were written.
+        /// The AI provider profile that answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_profile: Option<String>,
+        /// The model that answered, as configured for the profile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<TokenUsage>,
+        /// The model's reply gave the answer away: `reply_text` is the fixed safe reply
+        /// that was sent instead.
+        #[serde(default, skip_serializing_if = "is_false")]
+        withheld: bool,
     },
 }
 

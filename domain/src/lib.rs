@@ -27,5 +27,8 @@ pub mod test_definition;
 pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, UserStream};
 pub use commands::UserCommand;
 pub use error::DomainError;
-pub use events::{Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent};
+pub use events::{
+    AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion, TokenUsage,
+    UserEvent,
+};
 pub use test_definition::{QuestionKind, TestDefinition, ValidationError};

@@ -112,6 +112,27 @@ pub struct AiSettings {
     pub question_count: Option<u32>,
     #[serde(default)]
     pub topic: Option<String>,
+    /// The server's AI provider profile this test uses (and is billed to); absent: the
+    /// default profile. Only the name: keys live in the server's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+/// Longest AI provider profile name.
+pub const MAX_PROFILE_NAME_LEN: usize = 32;
+
+/// True when `name` is usable as an AI provider profile name: 1 to 32 of `[a-z0-9_-]`,
+/// starting with a letter or digit. The server reads a profile's settings from
+/// `ASSESSD_AI_PROFILE_<NAME>_*`, with the name upper-cased and `-` as `_`.
+pub fn is_valid_profile_name(name: &str) -> bool {
+    name.len() <= MAX_PROFILE_NAME_LEN
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 /// Why a definition was refused; `field` is a path such as `questions[1].answer`.
@@ -183,6 +204,14 @@ impl TestDefinition {
         if let Some(ai) = &self.ai {
             if ai.question_count == Some(0) {
                 return Err(invalid("ai.question_count", "must be at least 1"));
+            }
+            if let Some(profile) = &ai.profile {
+                if !is_valid_profile_name(profile) {
+                    return Err(invalid(
+                        "ai.profile",
+                        "must be 1 to 32 characters of a-z 0-9 _ -, starting with a letter or digit",
+                    ));
+                }
             }
         }
         Ok(())
@@ -374,6 +403,20 @@ mod tests {
         let mut t = sample();
         edit(&mut t);
         t.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn an_ai_profile_name_is_checked() {
+        let with = |name: &str| {
+            let mut t = sample();
+            t.ai.as_mut().unwrap().profile = Some(name.into());
+            t.validate()
+        };
+        assert_eq!(with("course-a"), Ok(()));
+        assert_eq!(with("c_2"), Ok(()));
+        for bad in ["", "Course", "-a", "a.b", "a b", &"x".repeat(33)] {
+            assert_eq!(with(bad).unwrap_err().field, "ai.profile", "{bad:?}");
+        }
     }
 
     #[test]

@@ -174,6 +174,21 @@ async fn admin_put_test(
 ) -> Result<Response, ApiError> {
     require(&identity, &[Role::Admin])?;
     let definition = crate::definitions::parse(&body, Some(&test_id)).map_err(ApiError::Invalid)?;
+    // Keys live only in the server's configuration, so a definition can only name a
+    // profile, and it must be one this server has. An offline server accepts any name
+    // (its tutor is offline whatever the test says), so definitions move between servers.
+    if let Some(profile) = definition.ai.as_ref().and_then(|ai| ai.profile.as_deref()) {
+        let known = state.ai.profile_names();
+        if !known.is_empty() && !state.ai.knows(profile) {
+            return Err(ApiError::Invalid(domain::ValidationError {
+                field: "ai.profile".into(),
+                message: format!(
+                    "no AI provider profile {profile:?}; this server has {}",
+                    known.join(", ")
+                ),
+            }));
+        }
+    }
     let stored = state.catalog.put(definition).await?;
     let status = if stored.created {
         StatusCode::CREATED

@@ -1,13 +1,15 @@
 //! What each client message does: build the command (the time, the test version, a random
 //! question order and the tutor's reply are decided here, outside the domain), run it
 //! through the one command path, and turn the outcome into replies. No socket in sight:
-//! the session queues whatever is returned.
+//! the session queues whatever is returned, and starts the [`ChatJob`] an AI tutor reply
+//! needs.
 
 use chrono::{DateTime, Utc};
 use domain::{Attempt, DomainError, UserCommand, UserStream};
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
+use super::chat::ChatJob;
 use super::protocol::{self, ClientMessage, ServerMessage};
 use super::replies::{self, Reply};
 use crate::commands::{self, CommandError, Origin};
@@ -22,6 +24,8 @@ pub struct Handler {
     session_id: Uuid,
     /// The user's state after the latest command; a cache, never the source of truth.
     view: UserStream,
+    /// An AI tutor reply to start, set by `chat` for the session to run.
+    chat_job: Option<ChatJob>,
 }
 
 impl Handler {
@@ -31,7 +35,14 @@ impl Handler {
             user_id,
             session_id,
             view: UserStream::default(),
+            chat_job: None,
         }
+    }
+
+    /// The AI tutor reply the last message asked for, if any: the session runs it in a
+    /// task of its own.
+    pub fn take_chat(&mut self) -> Option<ChatJob> {
+        self.chat_job.take()
     }
 
     /// CONNECTED, any expiry that happened while the user was away, then the attempt in
@@ -216,6 +227,47 @@ impl Handler {
             ))
             .into());
         }
+        // The test in progress names its AI profile and holds the question's key.
+        let test = match assessment_id
+            .as_deref()
+            .and_then(|id| self.view.attempt(id))
+        {
+            Some(attempt) => {
+                let (test_id, version) = (attempt.test_id.clone(), attempt.test_version);
+                self.state.catalog.version(&test_id, version).await?
+            }
+            None => None,
+        };
+        let profile = test
+            .as_ref()
+            .and_then(|t| t.ai.as_ref())
+            .and_then(|ai| ai.profile.as_deref());
+        if let Some(provider) = self.state.ai.provider(profile) {
+            let permit = self.state.ai.try_acquire(&self.user_id).map_err(|busy| {
+                self.state
+                    .metrics
+                    .ai_call(provider.profile(), "refused", None, None);
+                ClientError::from(busy)
+            })?;
+            let key = question.as_ref().and_then(|(q, _)| {
+                test.as_ref()
+                    .and_then(|t| t.question(&q.question_id))
+                    .map(crate::ai::guard::AnswerKey::of)
+            });
+            self.chat_job = Some(ChatJob {
+                state: self.state.clone(),
+                user_id: self.user_id.clone(),
+                session_id: self.session_id,
+                request_id: request_id.map(str::to_string),
+                provider,
+                permit,
+                assessment_id,
+                question: question.map(|(q, _)| q),
+                key,
+                text,
+            });
+            return Ok(Vec::new());
+        }
         let tutor = self.state.tutor.clone();
         let reply = tutor
             .reply(question.as_ref().map(|(q, _)| q), &text)
@@ -226,6 +278,7 @@ impl Handler {
             text,
             reply,
             tutor: tutor.name().to_string(),
+            ai: None,
             now: Utc::now(),
         };
         let committed = self.execute(command, request_id).await?;

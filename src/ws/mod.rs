@@ -4,7 +4,9 @@
 //! - [`session`]: one socket: the reader and writer tasks, flow control, timers.
 //! - [`handlers`]: what each client message does, through the one command path.
 //! - [`replies`]: the messages a client is told, built from outcomes and events.
+//! - [`chat`]: an AI tutor reply, streamed (`AGENT_*`), guarded and recorded.
 
+pub mod chat;
 pub mod handlers;
 pub mod protocol;
 pub mod replies;

@@ -180,6 +180,19 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         assessment_id: Option<String>,
     },
+    /// Slow AI work began; `AGENT_THINKING` deltas follow, then `AGENT_COMPLETED`.
+    AgentStarted {
+        task: AgentTask,
+    },
+    /// The next piece of the text being written, to append to what came before.
+    AgentThinking {
+        task: AgentTask,
+        delta: String,
+    },
+    /// No more deltas; the recorded result (or an `ERROR`) follows.
+    AgentCompleted {
+        task: AgentTask,
+    },
     Pong {
         timestamp: String,
     },
@@ -192,6 +205,14 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+}
+
+/// What slow AI work an `AGENT_*` message is about (PROTOCOL section 2.3). Only the tutor
+/// chat streams today; `question` and `feedback` come with adaptive tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentTask {
+    Chat,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -217,6 +238,9 @@ impl ServerMessage {
             ServerMessage::ProgressUpdate { .. } => "PROGRESS_UPDATE",
             ServerMessage::AssessmentCompleted { .. } => "ASSESSMENT_COMPLETED",
             ServerMessage::SystemMessage { .. } => "SYSTEM_MESSAGE",
+            ServerMessage::AgentStarted { .. } => "AGENT_STARTED",
+            ServerMessage::AgentThinking { .. } => "AGENT_THINKING",
+            ServerMessage::AgentCompleted { .. } => "AGENT_COMPLETED",
             ServerMessage::Pong { .. } => "PONG",
             ServerMessage::SessionReplaced { .. } => "SESSION_REPLACED",
             ServerMessage::Error { .. } => "ERROR",
@@ -390,6 +414,19 @@ mod tests {
             (echo.map(|s| s.len()), c),
             (Some(MAX_REQUEST_ID_LEN + 1), ErrorCode::BadRequest)
         );
+    }
+
+    #[test]
+    fn agent_messages_name_their_task() {
+        let m = ServerMessage::AgentThinking {
+            task: AgentTask::Chat,
+            delta: "Think ".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::json!({"type":"AGENT_THINKING","task":"chat","delta":"Think "})
+        );
+        assert_eq!(m.kind(), "AGENT_THINKING");
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   gets `ERROR rate_limited`, the rest of that window get nothing, so a flood does not
 //!   turn into an equal flood of errors.
 //!
+//! An AI tutor reply streams from a task of its own ([`super::chat`]), which queues its
+//! messages on the same queue: the session keeps reading its client meanwhile (a
+//! `HEARTBEAT` still gets its `PONG`), and the task ends with the session.
+//!
 //! The socket is any `Stream + Sink` of axum messages, so tests can drive it with channels.
 
 use std::sync::Arc;
@@ -81,6 +85,7 @@ where
         state: state.clone(),
         user_id: identity.user_id.clone(),
         out: out_tx,
+        chats: Vec::new(),
         evicted: registration.evicted,
         changed: registration.changed,
         request_id: None,
@@ -89,6 +94,11 @@ where
     tracing::info!(user_id = %session.user_id, %session_id, "connected");
 
     let end = session.serve(stream).await;
+    // A reply still streaming is for a client that is gone (or replaced): stop the model
+    // call, record nothing.
+    for chat in session.chats.drain(..) {
+        chat.abort();
+    }
     state.registry.unregister(&session.user_id, session_id);
     if let End::Close(code, reason) = end {
         // The writer may be stuck on a client that does not read; then there is no goodbye.
@@ -138,11 +148,55 @@ where
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
 
+/// Queues server messages for one client, echoing one `request_id`: what the session and
+/// its chat task share.
+#[derive(Clone)]
+pub struct Outbox {
+    out: mpsc::Sender<Outbound>,
+    state: AppState,
+    request_id: Option<String>,
+}
+
+/// The client is gone: nothing more can reach it.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Outbox {
+    /// Queues `replies` in order, waiting for room.
+    pub async fn send(&self, replies: Vec<Reply>) -> Result<(), Gone> {
+        for Reply { message, seq } in replies {
+            if let ServerMessage::Error { code, .. } = &message {
+                self.state.metrics.error(code.as_str());
+            }
+            let frame = Outgoing {
+                message: &message,
+                seq,
+                request_id: self.request_id.as_deref(),
+            };
+            let text = match serde_json::to_string(&frame) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::error!(error = %e, "failed to encode a server message");
+                    continue;
+                }
+            };
+            self.state.metrics.message_out(message.kind());
+            self.out
+                .send(Outbound::Frame(Message::Text(text.into())))
+                .await
+                .map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
+
 struct Session {
     handler: Handler,
     state: AppState,
     user_id: String,
     out: mpsc::Sender<Outbound>,
+    /// The AI tutor replies being streamed (at most the per-user cap).
+    chats: Vec<tokio::task::JoinHandle<()>>,
     evicted: CancellationToken,
     changed: Arc<Notify>,
     /// The `request_id` of the message being answered.
@@ -256,7 +310,20 @@ impl Session {
         self.state
             .metrics
             .command(&incoming.kind, started.elapsed());
-        self.send_result(replies).await
+        let sent = self.send_result(replies).await;
+        if let Some(job) = self.handler.take_chat() {
+            self.chats.retain(|chat| !chat.is_finished());
+            self.chats.push(tokio::spawn(job.run(self.outbox())));
+        }
+        sent
+    }
+
+    fn outbox(&self) -> Outbox {
+        Outbox {
+            out: self.out.clone(),
+            state: self.state.clone(),
+            request_id: self.request_id.clone(),
+        }
     }
 
     async fn on_binary(&mut self) -> Result<(), End> {
@@ -319,29 +386,7 @@ impl Session {
     /// Queues `replies` in order, waiting for room: while the client does not read, this
     /// session does not read it either. Fails only when the writer is gone.
     async fn send_all(&mut self, replies: Vec<Reply>) -> Result<(), End> {
-        for Reply { message, seq } in replies {
-            if let ServerMessage::Error { code, .. } = &message {
-                self.state.metrics.error(code.as_str());
-            }
-            let frame = Outgoing {
-                message: &message,
-                seq,
-                request_id: self.request_id.as_deref(),
-            };
-            let text = match serde_json::to_string(&frame) {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::error!(error = %e, "failed to encode a server message");
-                    continue;
-                }
-            };
-            self.state.metrics.message_out(message.kind());
-            self.out
-                .send(Outbound::Frame(Message::Text(text.into())))
-                .await
-                .map_err(|_| End::Gone)?;
-        }
-        Ok(())
+        self.outbox().send(replies).await.map_err(|_| End::Gone)
     }
 }
 

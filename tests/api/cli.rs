@@ -19,7 +19,7 @@ fn assessd(cwd: &Path) -> Command {
     command.current_dir(cwd);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if name.starts_with("ASSESSD_") || name == "DATABASE_URL" {
+        if name.starts_with("ASSESSD_") || name.starts_with("OPENAI_") || name == "DATABASE_URL" {
             command.env_remove(&*name);
         }
     }
@@ -270,6 +270,54 @@ fn serve_logs_its_database_and_secret() {
     ]));
     assert!(log.contains(&secret_path.display().to_string()), "{log}");
     assert!(!log.contains("created a new"), "{log}");
+}
+
+#[test]
+fn serve_logs_its_ai_profiles_and_never_their_keys() {
+    const DEFAULT_KEY: &str = "sk-cli-default-key-0123456789";
+    const COURSE_KEY: &str = "sk-cli-course-key-9876543210";
+    let cwd = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", cwd.path().join("assessd.db").display());
+    let configured = |command: &mut Command| {
+        command
+            .env("ASSESSD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", &url)
+            .env("OPENAI_API_KEY", DEFAULT_KEY)
+            .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+            .env("ASSESSD_AI_PROFILES", "course-a")
+            .env("ASSESSD_AI_PROFILE_COURSE_A_API_KEY", COURSE_KEY)
+            .env("ASSESSD_AI_PROFILE_COURSE_A_MODEL", "model-a");
+    };
+
+    let mut command = assessd(cwd.path());
+    configured(&mut command);
+    let log = serve_and_stop(&mut command);
+    assert!(log.contains("AI provider profile"), "{log}");
+    assert!(log.contains("course-a") && log.contains("model-a"), "{log}");
+    assert!(log.contains("http://127.0.0.1:9/v1"), "{log}");
+    assert!(
+        !log.contains(DEFAULT_KEY) && !log.contains(COURSE_KEY),
+        "{log}"
+    );
+
+    // The help shows where a key comes from, never its value.
+    let mut command = assessd(cwd.path());
+    configured(&mut command);
+    let help = run(command.args(["serve", "--help"]));
+    assert!(help.out.contains("OPENAI_API_KEY"), "{}", help.out);
+    assert!(!help.out.contains(DEFAULT_KEY), "{}", help.out);
+
+    // A mistake stops the server and names its variable.
+    let mut command = assessd(cwd.path());
+    configured(&mut command);
+    let refused = run(command.env("ASSESSD_AI_PROFILES", "course-a,Course-B"));
+    assert!(!refused.ok);
+    assert!(
+        refused.err.contains("ASSESSD_AI_PROFILES"),
+        "{}",
+        refused.err
+    );
+    assert!(!refused.err.contains(DEFAULT_KEY), "{}", refused.err);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod ai;
 mod audit;
 mod bad_input;
 mod cli;

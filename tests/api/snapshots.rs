@@ -254,6 +254,7 @@ async fn run(
                 text: format!("hint {i}?"),
                 reply: "think again".into(),
                 tutor: "offline_tutor".into(),
+                ai: None,
                 now,
             }),
             Step::Wait { secs } => {
@@ -295,6 +296,7 @@ async fn a_multi_event_command_at_every_offset_never_skips_events(backend: Backe
                     text: format!("m{i}"),
                     reply: "r".into(),
                     tutor: "offline_tutor".into(),
+                    ai: None,
                     now: t0(),
                 };
                 streams.execute(&user, chat, &metadata()).await.unwrap();

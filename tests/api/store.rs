@@ -21,6 +21,7 @@ fn chat(text: &str) -> UserCommand {
         text: text.into(),
         reply: "reply".into(),
         tutor: "offline_tutor".into(),
+        ai: None,
         now: Utc::now(),
     }
 }
@@ -52,6 +53,10 @@ async fn a_stale_writer_gets_a_conflict(backend: Backend) {
             reply_text: "r".into(),
             tutor: "offline_tutor".into(),
             exchanged_at: Utc::now(),
+            provider_profile: None,
+            model: None,
+            usage: None,
+            withheld: false,
         };
         store
             .commit(vec![event("first")], first, HashMap::new())

@@ -442,6 +442,7 @@ fn chat_is_recorded_with_the_question_on_screen() {
             text: "hint?".into(),
             reply: "Think about mutability.".into(),
             tutor: "offline_tutor".into(),
+            ai: None,
             now: at(3),
         },
     );
@@ -452,12 +453,65 @@ fn chat_is_recorded_with_the_question_on_screen() {
 }
 
 #[test]
+fn an_ai_reply_is_recorded_with_its_provenance() {
+    let events = events_of(
+        &started("a1"),
+        UserCommand::Chat {
+            assessment_id: Some("a1".into()),
+            text: "hint?".into(),
+            reply: "I can't say.".into(),
+            tutor: "ai".into(),
+            ai: Some(crate::AiProvenance {
+                provider_profile: "course-a".into(),
+                model: "m1".into(),
+                usage: Some(crate::TokenUsage {
+                    prompt_tokens: 5,
+                    completion_tokens: 3,
+                    total_tokens: 8,
+                }),
+                withheld: true,
+            }),
+            now: at(3),
+        },
+    );
+    assert!(matches!(
+        &events[..],
+        [UserEvent::ChatExchanged { provider_profile: Some(p), model: Some(m), usage: Some(u), withheld: true, .. }]
+            if p == "course-a" && m == "m1" && u.total_tokens == 8
+    ));
+}
+
+#[test]
+fn an_offline_chat_event_is_stored_as_before_and_old_events_load() {
+    // The stored form of an offline exchange has no AI fields, so the hash chains of
+    // streams written before they existed still verify and replay unchanged.
+    let json = r#"{"ChatExchanged":{"assessment_id":null,"test_id":null,"question_id":null,"user_text":"hello","reply_text":"hi","tutor":"offline_tutor","exchanged_at":"2026-01-05T10:00:00Z"}}"#;
+    let event: UserEvent = serde_json::from_str(json).unwrap();
+    assert!(matches!(
+        &event,
+        UserEvent::ChatExchanged {
+            provider_profile: None,
+            model: None,
+            usage: None,
+            withheld: false,
+            ..
+        }
+    ));
+    let again: serde_json::Value = serde_json::to_value(&event).unwrap();
+    assert_eq!(
+        again,
+        serde_json::from_str::<serde_json::Value>(json).unwrap()
+    );
+}
+
+#[test]
 fn empty_chat_and_chat_about_a_stranger_attempt_are_refused() {
     let chat = |assessment_id: Option<&str>, text: &str| UserCommand::Chat {
         assessment_id: assessment_id.map(String::from),
         text: text.into(),
         reply: "r".into(),
         tutor: "offline_tutor".into(),
+        ai: None,
         now: at(3),
     };
     assert!(matches!(
