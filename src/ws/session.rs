@@ -315,6 +315,11 @@ impl Session {
             self.chats.retain(|chat| !chat.is_finished());
             self.chats.push(tokio::spawn(job.run(self.outbox())));
         }
+        if let Some(job) = self.handler.take_feedback() {
+            // Not aborted with the socket: the answer is graded and recorded whoever is
+            // connected, and shutdown waits for it like for a session.
+            self.state.sessions.spawn(job.run(self.outbox()));
+        }
         sent
     }
 
