@@ -330,6 +330,37 @@ async fn a_reconnect_while_the_model_grades_gives_one_feedback(backend: Backend)
     app.stop().await;
 }
 
+async fn no_free_slot_grades_offline_at_once(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::Slow).await;
+    let timeout = Duration::from_secs(5);
+    let Some(app) = app_with_ai(backend, &base_url, None, timeout).await else {
+        return;
+    };
+    app.put_test("borrow", borrow_test(None, None)).await;
+    let (mut alice, id) = start(&app, "alice").await;
+    // The tutor holds alice's one slot (ASSESSD_AI_MAX_PER_USER is 1)...
+    alice
+        .send(json!({"type": "CHAT_MESSAGE", "text": "Hint?", "assessment_id": id}))
+        .await;
+    assert_eq!(alice.recv_type("AGENT_STARTED").await["task"], "chat");
+    // ...so her answer is graded offline, without waiting for the model.
+    let asked = Instant::now();
+    submit(&mut alice, &id, "f1", ANSWER, "busy").await;
+    let feedback = alice.recv_type("ANSWER_FEEDBACK").await;
+    assert!(asked.elapsed() < timeout);
+    assert_eq!(feedback["score"], 2.0);
+    let given = feedback_given(&app, "alice", "f1").await;
+    assert_eq!(
+        (given["graded_by"].as_str(), given["fallback"].as_str()),
+        (Some("offline"), Some("busy"))
+    );
+    assert_eq!(fake.requests(), 1, "only the tutor asked the model");
+    assert!(metrics(&app)
+        .await
+        .contains(r#"assessd_ai_fallbacks_total{profile="default",task="feedback"} 1"#));
+    app.stop().await;
+}
+
 /// p50 and p99 of `samples`, in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
@@ -405,5 +436,6 @@ crate::on_both_backends!(
     unusable_replies_and_a_failing_model_fall_back_to_the_offline_grader,
     a_slow_model_falls_back_and_an_answer_in_time_counts_after_the_deadline,
     a_reconnect_while_the_model_grades_gives_one_feedback,
+    no_free_slot_grades_offline_at_once,
     the_latency_a_model_grade_adds_is_measured,
 );
