@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
-use super::session::Outbox;
+use super::session::WeakOutbox;
 use crate::ai::grader::{self, Verdict};
 use crate::ai::inflight::GradingTurn;
 use crate::ai::{AiError, AiProvider, Permit};
@@ -73,7 +73,7 @@ enum Call {
 impl FeedbackJob {
     /// Grades and records. The client may be gone at any point: then nothing more is sent,
     /// but the answer is still graded and recorded.
-    pub async fn run(self, outbox: Outbox) {
+    pub async fn run(self, outbox: WeakOutbox) {
         let mut client = Some(outbox);
         send(
             &mut client,
@@ -119,7 +119,7 @@ impl FeedbackJob {
     }
 
     /// Asks the model, once more if its reply is unusable; what to record either way.
-    async fn grade(&self, client: &mut Option<Outbox>) -> AiGrading {
+    async fn grade(&self, client: &mut Option<WeakOutbox>) -> AiGrading {
         let profile = self.provider.profile().to_string();
         let system = grader::prompt(&self.question);
         let user = match &self.answer {
@@ -200,7 +200,7 @@ async fn ask(
     system: &str,
     user: &str,
     usage: &mut Option<TokenUsage>,
-    client: &mut Option<Outbox>,
+    client: &mut Option<WeakOutbox>,
 ) -> Result<String, AiError> {
     let mut chunks = provider.stream_chat(system, user).await?;
     let mut text = String::new();
@@ -245,12 +245,14 @@ fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage
     }
 }
 
-/// Sends to the client while it is there; once it is gone, stops trying.
-async fn send(client: &mut Option<Outbox>, replies: Vec<Reply>) {
-    if let Some(outbox) = client {
-        if outbox.send(replies).await.is_err() {
-            *client = None;
-        }
+/// Sends to the client while its session is there; once it is gone, stops trying.
+async fn send(client: &mut Option<WeakOutbox>, replies: Vec<Reply>) {
+    let Some(outbox) = client.as_ref().and_then(WeakOutbox::upgrade) else {
+        *client = None;
+        return;
+    };
+    if outbox.send(replies).await.is_err() {
+        *client = None;
     }
 }
 

@@ -330,6 +330,52 @@ async fn a_reconnect_while_the_model_grades_gives_one_feedback(backend: Backend)
     app.stop().await;
 }
 
+async fn a_closed_socket_is_let_go_and_its_answer_still_graded(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::Delayed(Duration::from_secs(4), vec![GRADED])).await;
+    let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_secs(20)).await else {
+        return;
+    };
+    app.put_test("borrow", borrow_test(None, None)).await;
+    let (mut alice, id) = start(&app, "alice").await;
+    submit(&mut alice, &id, "f1", ANSWER, "gone").await;
+    alice.recv_type("AGENT_STARTED").await;
+    let closed = Instant::now();
+    drop(alice);
+
+    // The connection ends while the model still works: the grading holds no socket open.
+    loop {
+        if metrics(&app).await.contains("assessd_connections 0") {
+            break;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(3),
+            "the connection outlived its socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The answer is graded and recorded all the same.
+    loop {
+        if !events(&app, "alice", "FeedbackGiven", "f1")
+            .await
+            .is_empty()
+        {
+            break;
+        }
+        assert!(closed.elapsed() < Duration::from_secs(15), "never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        feedback_given(&app, "alice", "f1").await["graded_by"],
+        MODEL
+    );
+    assert_eq!(
+        events(&app, "alice", "AnswerSubmitted", "f1").await.len(),
+        1
+    );
+    assert_eq!(fake.requests(), 1);
+    app.stop().await;
+}
+
 async fn no_free_slot_grades_offline_at_once(backend: Backend) {
     let (fake, base_url) = fake_provider(Mode::Slow).await;
     let timeout = Duration::from_secs(5);
@@ -436,6 +482,7 @@ crate::on_both_backends!(
     unusable_replies_and_a_failing_model_fall_back_to_the_offline_grader,
     a_slow_model_falls_back_and_an_answer_in_time_counts_after_the_deadline,
     a_reconnect_while_the_model_grades_gives_one_feedback,
+    a_closed_socket_is_let_go_and_its_answer_still_graded,
     no_free_slot_grades_offline_at_once,
     the_latency_a_model_grade_adds_is_measured,
 );
