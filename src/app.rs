@@ -88,7 +88,15 @@ impl Application {
         );
         let router = router(state.clone());
         let stop = state.shutdown.clone();
-        axum::serve(self.listener, router)
+        // TCP_NODELAY: a WebSocket sends small frames one after another (AGENT_THINKING
+        // deltas, then the recorded result); without it each waits for the client's
+        // delayed ACK of the one before (~40 ms on Linux).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("Server error")?;

@@ -6,7 +6,8 @@
 //! no caller works it out again from the events.
 //!
 //! **Invariant:** a session that has been replaced by a newer connection of its user
-//! records nothing more. The check runs under the user's command lock, and the newer
+//! records nothing more, except the model's grade of an answer it accepted before
+//! ([`Origin::Graded`]), which every other command of the user waits for. The check runs under the user's command lock, and the newer
 //! session reads the stream under the same lock, so it sees every command the old one
 //! recorded.
 
@@ -23,6 +24,14 @@ use crate::store::StoreError;
 pub enum Origin {
     /// The user's own live session, answering the client message `request_id`.
     Session {
+        session_id: Uuid,
+        request_id: Option<String>,
+    },
+    /// A model's grade of an answer that the session `session_id` accepted: recorded even
+    /// when that session has since been replaced (the grading belongs to the stream, not
+    /// the socket), and the one command that does not wait for gradings in flight (it is
+    /// the grading).
+    Graded {
         session_id: Uuid,
         request_id: Option<String>,
     },
@@ -66,6 +75,10 @@ pub async fn execute(
     origin: &Origin,
 ) -> Result<Committed, CommandError> {
     let metadata = metadata(state, user_id, origin);
+    if !matches!(origin, Origin::Graded { .. }) {
+        // An answer being graded is recorded before anything else of the user's.
+        state.ai.gradings.wait(user_id).await;
+    }
     let lock = state.registry.user_lock(user_id);
     let committed = {
         let _turn = lock.lock().await;
@@ -78,8 +91,9 @@ pub async fn execute(
     };
     if !committed.events.is_empty() {
         state.projections.nudge();
-        // The user's own session reports its outcome itself; anyone else's change is pushed.
-        if !matches!(origin, Origin::Session { .. }) {
+        // The user's own session (and its grading) reports the outcome itself; anyone
+        // else's change is pushed.
+        if matches!(origin, Origin::Admin { .. }) {
             state.registry.notify(user_id);
         }
     }
@@ -89,6 +103,10 @@ pub async fn execute(
 fn metadata(state: &Shared, user_id: &str, origin: &Origin) -> EventMetadata {
     match origin {
         Origin::Session {
+            session_id,
+            request_id,
+        }
+        | Origin::Graded {
             session_id,
             request_id,
         } => EventMetadata {

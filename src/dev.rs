@@ -288,6 +288,7 @@ impl SeededUser {
                 question_id: question.id.clone(),
                 answer: answer(question, &mut self.rng),
                 test: test.clone(),
+                grading: None,
                 now: Utc::now(),
             };
             committed = self.execute(submit).await?;

@@ -30,8 +30,17 @@ pub struct CommandLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AiCallLabel {
     pub profile: String,
-    /// `ok`, `withheld`, `timeout`, `error` or `refused` (over a cap, never sent).
+    /// `chat` (the tutor) or `feedback` (grading a free-text answer).
+    pub task: String,
+    /// `ok`, `withheld`, `timeout`, `error`, `invalid_output` (a grade that could not be
+    /// read) or `refused` (over a cap, never sent).
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiTaskLabel {
+    pub profile: String,
+    pub task: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +67,7 @@ pub struct Metrics {
     pub ai_calls: Family<AiCallLabel, Counter<u64, AtomicU64>>,
     pub ai_call_seconds: Family<ProfileLabel, Histogram>,
     pub ai_tokens: Family<TokenLabel, Counter<u64, AtomicU64>>,
+    pub ai_fallbacks: Family<AiTaskLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -106,7 +116,7 @@ impl Metrics {
         let ai_calls = Family::<AiCallLabel, Counter>::default();
         registry.register(
             "ai_calls",
-            "Model calls, by provider profile and outcome",
+            "Model calls, by provider profile, task and outcome",
             ai_calls.clone(),
         );
         let ai_call_seconds = Family::<ProfileLabel, Histogram>::new_with_constructor(|| {
@@ -123,6 +133,12 @@ impl Metrics {
             "Tokens used by model calls, as the provider reported them",
             ai_tokens.clone(),
         );
+        let ai_fallbacks = Family::<AiTaskLabel, Counter>::default();
+        registry.register(
+            "ai_fallbacks",
+            "Answers the offline grader graded because the model failed, by profile and task",
+            ai_fallbacks.clone(),
+        );
         Self {
             registry,
             connections,
@@ -135,6 +151,7 @@ impl Metrics {
             ai_calls,
             ai_call_seconds,
             ai_tokens,
+            ai_fallbacks,
         }
     }
 
@@ -142,6 +159,7 @@ impl Metrics {
     pub fn ai_call(
         &self,
         profile: &str,
+        task: &str,
         outcome: &str,
         took: Option<Duration>,
         usage: Option<domain::TokenUsage>,
@@ -149,6 +167,7 @@ impl Metrics {
         self.ai_calls
             .get_or_create(&AiCallLabel {
                 profile: profile.to_string(),
+                task: task.to_string(),
                 outcome: outcome.to_string(),
             })
             .inc();
@@ -172,6 +191,16 @@ impl Metrics {
                     .inc_by(u64::from(tokens));
             }
         }
+    }
+
+    /// An answer the offline grader graded because the model of `profile` failed.
+    pub fn ai_fallback(&self, profile: &str, task: &str) {
+        self.ai_fallbacks
+            .get_or_create(&AiTaskLabel {
+                profile: profile.to_string(),
+                task: task.to_string(),
+            })
+            .inc();
     }
 
     pub fn message_in(&self, kind: &str) {

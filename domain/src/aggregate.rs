@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::commands::UserCommand;
 use crate::error::DomainError;
 use crate::events::{
-    AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion, UserEvent,
+    AiGrading, AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion,
+    UserEvent,
 };
-use crate::grading::{self, OFFLINE_GRADER};
+use crate::grading;
 use crate::test_definition::TestDefinition;
 
 /// Longest chat message accepted, in characters.
@@ -144,8 +145,9 @@ impl UserStream {
                 question_id,
                 answer,
                 test,
+                grading,
                 now,
-            } => decision.submit(assessment_id, question_id, answer, &test, now)?,
+            } => decision.submit(assessment_id, question_id, answer, &test, grading, now)?,
             UserCommand::ExpireOverdue { .. } => Outcome::Checked,
             UserCommand::Chat {
                 assessment_id,
@@ -293,6 +295,7 @@ impl Deciding {
         question_id: String,
         answer: Answer,
         test: &TestDefinition,
+        grading: Option<AiGrading>,
         now: DateTime<Utc>,
     ) -> Result<Outcome, DomainError> {
         let attempt =
@@ -350,7 +353,7 @@ impl Deciding {
             DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
         })?;
         grading::check_answer_shape(question, &answer).map_err(DomainError::InvalidAnswer)?;
-        let grade = grading::grade(question, &answer);
+        let (grade, graded_by) = grading::grade_with(question, &answer, grading);
         self.emit(UserEvent::AnswerSubmitted {
             assessment_id: assessment_id.clone(),
             test_id: test.id.clone(),
@@ -366,7 +369,7 @@ impl Deciding {
             score: grade.score,
             max_score: grade.max_score,
             feedback: grade.feedback,
-            graded_by: OFFLINE_GRADER.to_string(),
+            graded_by,
             given_at: now,
         });
         self.present_next(&assessment_id, test, now)?;

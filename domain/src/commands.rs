@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::events::{AiProvenance, Answer};
+use crate::events::{AiGrading, AiProvenance, Answer};
 use crate::test_definition::TestDefinition;
 
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub enum UserCommand {
         answer: Answer,
         /// The definition at the version the attempt started with.
         test: Arc<TestDefinition>,
+        /// What an AI grader decided for a free-text answer; `None` grades offline.
+        grading: Option<AiGrading>,
+        /// When the answer arrived (not when a model finished grading it): the deadline
+        /// is checked against this.
         now: DateTime<Utc>,
     },
     /// Complete the attempt in progress if its deadline has passed; otherwise nothing.

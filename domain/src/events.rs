@@ -97,6 +97,63 @@ pub struct AiProvenance {
     pub withheld: bool,
 }
 
+/// Who graded an answer, as recorded in `FeedbackGiven`. The AI fields were added later:
+/// absent in older events and in plain offline grades, so those load, replay and hash
+/// exactly as they were written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradedBy {
+    /// `offline`, or the AI model's name when the model's grade was recorded.
+    pub graded_by: String,
+    /// The AI provider profile that was asked, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_profile: Option<String>,
+    /// The model that was asked, as configured for the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens used by every call made for this answer (a retry included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+    /// Why the offline grader stood in for the model (`timeout`, `error`,
+    /// `invalid_output`, `busy`); absent when the model's grade was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+impl From<&str> for GradedBy {
+    /// A grader without an AI provenance (the offline grader).
+    fn from(name: &str) -> Self {
+        Self {
+            graded_by: name.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+impl PartialEq<str> for GradedBy {
+    fn eq(&self, other: &str) -> bool {
+        self.graded_by == other
+    }
+}
+
+/// What the AI grader decided for one answer, outside the domain, carried in
+/// `SubmitAnswer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AiGrading {
+    /// The configured provider profile (`default` or a named one), never its key.
+    pub provider_profile: String,
+    pub model: String,
+    pub usage: Option<TokenUsage>,
+    pub verdict: AiVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AiVerdict {
+    /// The model's score (clamped to the question's points by the domain) and feedback.
+    Graded { score: f64, feedback: String },
+    /// The model failed for `reason`; the offline grader grades instead.
+    Fallback { reason: String },
+}
+
 fn is_false(value: &bool) -> bool {
     !*value
 }
@@ -142,8 +199,11 @@ pub enum UserEvent {
         score: f64,
         max_score: f64,
         feedback: String,
-        /// What graded the answer: `offline` or an AI model's name.
-        graded_by: String,
+        /// What graded the answer (`graded_by`: `offline` or an AI model's name) and,
+        /// when a model was asked, its provenance. Flattened, so the stored payload stays
+        /// flat and an offline grade is written exactly as before.
+        #[serde(flatten)]
+        graded_by: GradedBy,
         given_at: DateTime<Utc>,
     },
     AssessmentCompleted {

@@ -1,7 +1,7 @@
 //! Offline grading (PROTOCOL section 5): choice questions are all-or-nothing against the
 //! answer key; free text earns `points` times the share of keywords found, ignoring case.
 
-use crate::events::Answer;
+use crate::events::{AiGrading, AiVerdict, Answer, GradedBy};
 use crate::test_definition::{AnswerKey, QuestionDefinition, QuestionKind};
 
 /// The grade of one answer, before it is recorded as `FeedbackGiven`.
@@ -65,6 +65,61 @@ pub fn grade(question: &QuestionDefinition, answer: &Answer) -> Grade {
         score,
         max_score,
         feedback,
+    }
+}
+
+/// Longest feedback kept from a model, in characters; the caller validates first, this
+/// only bounds what reaches the event.
+pub const MAX_AI_FEEDBACK_CHARS: usize = 2_000;
+
+/// Grades `answer` with the AI grader's verdict when there is one for a free-text
+/// question: its score clamped to `[0, points]`, full marks counting as correct. A
+/// fallback, a verdict that is not a finite score with some feedback, or a question that
+/// is not free text is graded offline (and a fallback says why in the record).
+pub fn grade_with(
+    question: &QuestionDefinition,
+    answer: &Answer,
+    grading: Option<AiGrading>,
+) -> (Grade, GradedBy) {
+    let offline = || grade(question, answer);
+    let Some(ai) = grading.filter(|_| question.kind == QuestionKind::FreeText) else {
+        return (offline(), GradedBy::from(OFFLINE_GRADER));
+    };
+    let mut graded_by = GradedBy {
+        graded_by: OFFLINE_GRADER.to_string(),
+        provider_profile: Some(ai.provider_profile),
+        model: Some(ai.model.clone()),
+        usage: ai.usage,
+        fallback: None,
+    };
+    match ai.verdict {
+        AiVerdict::Graded { score, feedback }
+            if score.is_finite() && !feedback.trim().is_empty() =>
+        {
+            let max_score = question.points;
+            let score = score.clamp(0.0, max_score);
+            graded_by.graded_by = ai.model;
+            let feedback = feedback
+                .trim()
+                .chars()
+                .take(MAX_AI_FEEDBACK_CHARS)
+                .collect();
+            let grade = Grade {
+                correct: score >= max_score,
+                score,
+                max_score,
+                feedback,
+            };
+            (grade, graded_by)
+        }
+        AiVerdict::Graded { .. } => {
+            graded_by.fallback = Some("invalid_output".to_string());
+            (offline(), graded_by)
+        }
+        AiVerdict::Fallback { reason } => {
+            graded_by.fallback = Some(reason);
+            (offline(), graded_by)
+        }
     }
 }
 
@@ -196,6 +251,64 @@ mod tests {
         assert!(
             check_answer_shape(&t.questions[2], &text(&"x".repeat(MAX_ANSWER_LEN + 1))).is_err()
         );
+    }
+
+    fn ai(verdict: AiVerdict) -> Option<AiGrading> {
+        Some(AiGrading {
+            provider_profile: "default".into(),
+            model: "m".into(),
+            usage: None,
+            verdict,
+        })
+    }
+
+    fn graded(score: f64, feedback: &str) -> Option<AiGrading> {
+        ai(AiVerdict::Graded {
+            score,
+            feedback: feedback.into(),
+        })
+    }
+
+    #[test]
+    fn a_model_grade_is_clamped_to_the_points_and_full_marks_are_correct() {
+        let t = test();
+        let (g, by) = grade_with(&t.questions[2], &text("x"), graded(7.5, "Well argued."));
+        assert_eq!(
+            (g.score, g.correct, g.feedback.as_str()),
+            (2.0, true, "Well argued.")
+        );
+        assert_eq!((by.graded_by.as_str(), by.fallback), ("m", None));
+        let (g, _) = grade_with(&t.questions[2], &text("x"), graded(-1.0, "No."));
+        assert_eq!((g.score, g.correct), (0.0, false));
+        let (g, _) = grade_with(&t.questions[2], &text("x"), graded(1.5, "Close."));
+        assert_eq!((g.score, g.correct), (1.5, false));
+    }
+
+    #[test]
+    fn an_unusable_verdict_or_a_fallback_grades_offline_and_says_why() {
+        let t = test();
+        let answer = text("ownership and borrow");
+        let offline = grade(&t.questions[2], &answer);
+        for (verdict, reason) in [
+            (graded(f64::NAN, "x"), "invalid_output"),
+            (graded(f64::INFINITY, "x"), "invalid_output"),
+            (graded(1.0, "  "), "invalid_output"),
+            (
+                ai(AiVerdict::Fallback {
+                    reason: "timeout".into(),
+                }),
+                "timeout",
+            ),
+        ] {
+            let (g, by) = grade_with(&t.questions[2], &answer, verdict);
+            assert_eq!(g, offline);
+            assert_eq!(by.graded_by, OFFLINE_GRADER);
+            assert_eq!(by.fallback.as_deref(), Some(reason));
+            assert_eq!(by.model.as_deref(), Some("m"));
+        }
+        // Choice questions are never graded by a model, whatever the command says.
+        let (g, by) = grade_with(&t.questions[0], &text("b"), graded(0.0, "No."));
+        assert_eq!((g.score, by), (1.0, GradedBy::from(OFFLINE_GRADER)));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, U
 pub use commands::UserCommand;
 pub use error::DomainError;
 pub use events::{
-    AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion, TokenUsage,
-    UserEvent,
+    AiGrading, AiProvenance, AiVerdict, Answer, CompletionReason, GradedBy, PresentedChoice,
+    PresentedQuestion, TokenUsage, UserEvent,
 };
 pub use test_definition::{QuestionKind, TestDefinition, ValidationError};

@@ -1,9 +1,11 @@
-//! The AI provider behind the tutor: OpenAI-compatible servers through async-openai, one
+//! The AI provider behind the tutor and the free-text grader: OpenAI-compatible servers through async-openai, one
 //! client per configured profile, and the caps on concurrent model calls.
 //!
 //! - [`config`]: profiles from the environment (`OPENAI_*`, `ASSESSD_AI_*`).
 //! - [`openai`]: the async-openai implementation of [`AiProvider`].
 //! - [`guard`]: the check that a reply does not give the answer away.
+//! - [`grader`]: the instructions and the strict reading of a free-text grade.
+//! - [`inflight`]: the gradings in flight, which the user's other commands wait for.
 //!
 //! The offline tutor ([`crate::tutor`]) stays the default and needs none of this. What a
 //! model says is decided here, outside the domain, and recorded in the event
@@ -11,7 +13,9 @@
 //! calls a model.
 
 pub mod config;
+pub mod grader;
 pub mod guard;
+pub mod inflight;
 pub mod openai;
 
 use std::collections::HashMap;
@@ -85,6 +89,8 @@ pub struct Ai {
     global: Arc<Semaphore>,
     max_per_user: usize,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
+    /// The free-text gradings running now, which the user's other commands wait for.
+    pub gradings: inflight::Gradings,
 }
 
 /// Why a call may not start now.
@@ -136,6 +142,7 @@ impl Ai {
             global: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             max_per_user: config.max_per_user.max(1),
             per_user: Default::default(),
+            gradings: Default::default(),
         }
     }
 

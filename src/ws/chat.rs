@@ -96,7 +96,7 @@ impl ChatJob {
                 tracing::warn!(user_id = %self.user_id, %profile, error = %e, "the AI tutor failed");
                 self.state
                     .metrics
-                    .ai_call(&profile, e.outcome(), took, progress.usage);
+                    .ai_call(&profile, "chat", e.outcome(), took, progress.usage);
                 outbox
                     .send(vec![
                         agent(ServerMessage::AgentCompleted {
@@ -113,7 +113,7 @@ impl ChatJob {
         let outcome = if withheld { "withheld" } else { "ok" };
         self.state
             .metrics
-            .ai_call(&profile, outcome, took, progress.usage);
+            .ai_call(&profile, "chat", outcome, took, progress.usage);
         if withheld {
             tracing::info!(user_id = %self.user_id, %profile, "the AI tutor's reply gave the answer away; withheld");
         }

@@ -2,20 +2,35 @@
 //! question order and the tutor's reply are decided here, outside the domain), run it
 //! through the one command path, and turn the outcome into replies. No socket in sight:
 //! the session queues whatever is returned, and starts the [`ChatJob`] an AI tutor reply
-//! needs.
+//! needs or the [`FeedbackJob`] a model's grade of a free-text answer needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use domain::{Attempt, DomainError, UserCommand, UserStream};
+use domain::{
+    AiGrading, AiVerdict, Attempt, DomainError, Outcome, QuestionKind, TestDefinition, UserCommand,
+    UserStream,
+};
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
 use super::chat::ChatJob;
+use super::feedback::{self, FeedbackJob};
 use super::protocol::{self, ClientMessage, ServerMessage};
 use super::replies::{self, Reply};
 use crate::commands::{self, CommandError, Origin};
 use crate::error::{ClientError, ErrorCode};
 use crate::state::AppState;
 use crate::store::streams::Committed;
+
+/// What `submit` does with an answer.
+enum Graded {
+    /// A model's grading was started; its task reports the outcome.
+    Started,
+    /// Run this command now.
+    Offline(UserCommand),
+}
 
 /// One session's side of its user's stream.
 pub struct Handler {
@@ -26,6 +41,10 @@ pub struct Handler {
     view: UserStream,
     /// An AI tutor reply to start, set by `chat` for the session to run.
     chat_job: Option<ChatJob>,
+    /// A model's grading to start, set by `submit` for the session to run.
+    feedback_job: Option<FeedbackJob>,
+    /// Set by a grading once it recorded: `view` is behind the stream.
+    stale: Arc<AtomicBool>,
 }
 
 impl Handler {
@@ -36,7 +55,15 @@ impl Handler {
             session_id,
             view: UserStream::default(),
             chat_job: None,
+            feedback_job: None,
+            stale: Arc::default(),
         }
+    }
+
+    /// The model's grading the last message asked for, if any: the session runs it in a
+    /// task that outlives the socket.
+    pub fn take_feedback(&mut self) -> Option<FeedbackJob> {
+        self.feedback_job.take()
     }
 
     /// The AI tutor reply the last message asked for, if any: the session runs it in a
@@ -72,6 +99,9 @@ impl Handler {
         message: ClientMessage,
         request_id: Option<&str>,
     ) -> Result<Vec<Reply>, ClientError> {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.view = self.state.streams.load(&self.user_id).await?;
+        }
         match message {
             ClientMessage::Heartbeat => Ok(vec![Reply::new(
                 ServerMessage::Pong {
@@ -172,8 +202,13 @@ impl Handler {
             assessment_id: assessment_id.clone(),
             question_id,
             answer,
-            test,
+            test: test.clone(),
+            grading: None,
             now: Utc::now(),
+        };
+        let command = match self.ai_grading(command, &test, request_id).await? {
+            Graded::Started => return Ok(Vec::new()),
+            Graded::Offline(command) => command,
         };
         match self.execute(command, request_id).await {
             Ok(committed) => Ok(replies::for_outcome(&committed)),
@@ -187,6 +222,101 @@ impl Handler {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts a model's grading when `command` answers a free-text question of a test with
+    /// an AI provider and would be recorded; otherwise gives the command back to be run
+    /// as it is (graded offline, or answered from the record, or refused).
+    async fn ai_grading(
+        &mut self,
+        command: UserCommand,
+        test: &Arc<TestDefinition>,
+        request_id: Option<&str>,
+    ) -> Result<Graded, ClientError> {
+        let UserCommand::SubmitAnswer {
+            assessment_id,
+            question_id,
+            answer,
+            now,
+            ..
+        } = &command
+        else {
+            return Ok(Graded::Offline(command));
+        };
+        let Some(question) = test
+            .question(question_id)
+            .filter(|q| q.kind == QuestionKind::FreeText)
+        else {
+            return Ok(Graded::Offline(command));
+        };
+        let profile = test.ai.as_ref().and_then(|ai| ai.profile.as_deref());
+        let Some(provider) = self.state.ai.provider(profile) else {
+            return Ok(Graded::Offline(command));
+        };
+        // Wait for any grading of this user still in flight (say, of an older
+        // connection), then decide on the stream as recorded: only an answer that would be
+        // recorded is worth a model call.
+        let turn = self.state.ai.gradings.begin(&self.user_id).await;
+        let stream = self.state.streams.load(&self.user_id).await?;
+        let would_record = matches!(
+            stream.decide(command.clone()),
+            Ok(domain::Decision {
+                outcome: Outcome::Answered { .. },
+                ..
+            })
+        );
+        self.view = stream;
+        if !would_record {
+            drop(turn);
+            return Ok(Graded::Offline(command));
+        }
+        let permit = match self.state.ai.try_acquire(&self.user_id) {
+            Ok(permit) => permit,
+            Err(busy) => {
+                // Never block an answer on a cap: grade it offline, and say why.
+                tracing::info!(user_id = %self.user_id, error = %busy, "no slot for the AI grader; grading offline");
+                self.state.metrics.ai_call(
+                    provider.profile(),
+                    feedback::TASK,
+                    "refused",
+                    None,
+                    None,
+                );
+                self.state
+                    .metrics
+                    .ai_fallback(provider.profile(), feedback::TASK);
+                drop(turn);
+                let grading = AiGrading {
+                    provider_profile: provider.profile().to_string(),
+                    model: provider.model().to_string(),
+                    usage: None,
+                    verdict: AiVerdict::Fallback {
+                        reason: "busy".into(),
+                    },
+                };
+                let mut command = command;
+                if let UserCommand::SubmitAnswer { grading: g, .. } = &mut command {
+                    *g = Some(grading);
+                }
+                return Ok(Graded::Offline(command));
+            }
+        };
+        self.feedback_job = Some(FeedbackJob {
+            state: self.state.clone(),
+            user_id: self.user_id.clone(),
+            session_id: self.session_id,
+            request_id: request_id.map(str::to_string),
+            provider,
+            permit,
+            turn,
+            assessment_id: assessment_id.clone(),
+            question: question.clone(),
+            answer: answer.clone(),
+            test: test.clone(),
+            now: *now,
+            stale: self.stale.clone(),
+        });
+        Ok(Graded::Started)
     }
 
     async fn get_question(
@@ -246,7 +376,7 @@ impl Handler {
             let permit = self.state.ai.try_acquire(&self.user_id).map_err(|busy| {
                 self.state
                     .metrics
-                    .ai_call(provider.profile(), "refused", None, None);
+                    .ai_call(provider.profile(), "chat", "refused", None, None);
                 ClientError::from(busy)
             })?;
             let key = question.as_ref().and_then(|(q, _)| {

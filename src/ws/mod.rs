@@ -5,8 +5,11 @@
 //! - [`handlers`]: what each client message does, through the one command path.
 //! - [`replies`]: the messages a client is told, built from outcomes and events.
 //! - [`chat`]: an AI tutor reply, streamed (`AGENT_*`), guarded and recorded.
+//! - [`feedback`]: a model grading a free-text answer, streamed (`AGENT_*`) and recorded
+//!   with the answer, or graded offline when the model fails.
 
 pub mod chat;
+pub mod feedback;
 pub mod handlers;
 pub mod protocol;
 pub mod replies;

@@ -207,12 +207,13 @@ pub enum ServerMessage {
     },
 }
 
-/// What slow AI work an `AGENT_*` message is about (PROTOCOL section 2.3). Only the tutor
-/// chat streams today; `question` and `feedback` come with adaptive tests.
+/// What slow AI work an `AGENT_*` message is about (PROTOCOL section 2.3): the tutor's
+/// chat reply, or a model grading a free-text answer; `question` comes with adaptive tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentTask {
     Chat,
+    Feedback,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -286,6 +286,7 @@ mod tests {
             question_id: "q1".into(),
             answer: Answer::Text("a".into()),
             test: test(),
+            grading: None,
             now: at(now),
         }
     }

@@ -157,6 +157,26 @@ pub struct Outbox {
     request_id: Option<String>,
 }
 
+/// An [`Outbox`] that does not keep the connection's queue open: a task that outlives
+/// the session (a grading) reaches the client while the session lives, and lets its writer
+/// finish as soon as the session ends.
+pub struct WeakOutbox {
+    out: mpsc::WeakSender<Outbound>,
+    state: AppState,
+    request_id: Option<String>,
+}
+
+impl WeakOutbox {
+    /// The outbox, while the session that owns the queue lives.
+    pub fn upgrade(&self) -> Option<Outbox> {
+        Some(Outbox {
+            out: self.out.upgrade()?,
+            state: self.state.clone(),
+            request_id: self.request_id.clone(),
+        })
+    }
+}
+
 /// The client is gone: nothing more can reach it.
 #[derive(Debug)]
 pub struct Gone;
@@ -314,6 +334,16 @@ impl Session {
         if let Some(job) = self.handler.take_chat() {
             self.chats.retain(|chat| !chat.is_finished());
             self.chats.push(tokio::spawn(job.run(self.outbox())));
+        }
+        if let Some(job) = self.handler.take_feedback() {
+            // Not aborted with the socket: the answer is graded and recorded whoever is
+            // connected, and shutdown waits for it like for a session.
+            let outbox = WeakOutbox {
+                out: self.out.downgrade(),
+                state: self.state.clone(),
+                request_id: self.request_id.clone(),
+            };
+            self.state.sessions.spawn(job.run(outbox));
         }
         sent
     }

@@ -23,12 +23,12 @@ use serde_json::{json, Value};
 use crate::helpers::{spawn_app_with, Backend, TestApp, WsClient};
 
 /// The key the fake server expects; it must appear nowhere else.
-const API_KEY: &str = "sk-assessd-test-key-0123456789";
-const MODEL: &str = "fake-model";
+pub(crate) const API_KEY: &str = "sk-assessd-test-key-0123456789";
+pub(crate) const MODEL: &str = "fake-model";
 
 /// What the fake server does with the next request.
 #[derive(Clone)]
-enum Mode {
+pub(crate) enum Mode {
     /// Streams these deltas, then usage, then `[DONE]`.
     Reply(Vec<&'static str>),
     /// Answers 429 to the first `n` requests, then streams the deltas.
@@ -38,21 +38,23 @@ enum Mode {
     Malformed,
     /// Never answers within any test's timeout.
     Slow,
+    /// Streams the deltas after waiting this long.
+    Delayed(Duration, Vec<&'static str>),
 }
 
-struct Fake {
+pub(crate) struct Fake {
     mode: Mutex<Mode>,
     requests: AtomicUsize,
     /// Each request's body and `Authorization` header.
-    seen: Mutex<Vec<(Value, Option<String>)>>,
+    pub(crate) seen: Mutex<Vec<(Value, Option<String>)>>,
 }
 
 impl Fake {
-    fn set(&self, mode: Mode) {
+    pub(crate) fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
 }
@@ -80,6 +82,10 @@ async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
         Mode::Slow => {
             tokio::time::sleep(Duration::from_secs(120)).await;
             sse(&["too late"])
+        }
+        Mode::Delayed(wait, deltas) => {
+            tokio::time::sleep(wait).await;
+            sse(&deltas)
         }
     }
 }
@@ -123,7 +129,7 @@ fn event_stream(events: Vec<String>) -> Response {
 }
 
 /// Starts the fake provider; its API base is `http://ADDR/v1`.
-async fn fake_provider(mode: Mode) -> (Arc<Fake>, String) {
+pub(crate) async fn fake_provider(mode: Mode) -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake {
         mode: Mutex::new(mode),
         requests: AtomicUsize::new(0),
@@ -134,11 +140,16 @@ async fn fake_provider(mode: Mode) -> (Arc<Fake>, String) {
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Without TCP_NODELAY a streamed reply waits on delayed ACKs (~40 ms a reply), which
+    // a real provider's latency would hide but a latency measurement would not.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, router).await });
     (fake, format!("http://{addr}/v1"))
 }
 
-fn profile(name: &str, base_url: &str) -> ProfileConfig {
+pub(crate) fn profile(name: &str, base_url: &str) -> ProfileConfig {
     ProfileConfig {
         name: name.into(),
         base_url: base_url.into(),
@@ -148,7 +159,7 @@ fn profile(name: &str, base_url: &str) -> ProfileConfig {
 }
 
 /// A server whose default profile (or the named one) is the fake provider.
-async fn app_with_ai(
+pub(crate) async fn app_with_ai(
     backend: Backend,
     base_url: &str,
     named: Option<&str>,
@@ -183,7 +194,7 @@ fn quiz(profile: Option<&str>) -> Value {
 }
 
 /// Everything up to and including the first message of type `last`.
-async fn until(client: &mut WsClient, last: &str) -> Vec<Value> {
+pub(crate) async fn until(client: &mut WsClient, last: &str) -> Vec<Value> {
     let mut seen = Vec::new();
     loop {
         let message = client.recv().await;
@@ -195,18 +206,18 @@ async fn until(client: &mut WsClient, last: &str) -> Vec<Value> {
     }
 }
 
-fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
     messages.iter().filter(|m| m["type"] == kind).collect()
 }
 
-fn deltas(messages: &[Value]) -> String {
+pub(crate) fn deltas(messages: &[Value]) -> String {
     of_type(messages, "AGENT_THINKING")
         .iter()
         .map(|m| m["delta"].as_str().unwrap())
         .collect()
 }
 
-async fn metrics(app: &TestApp) -> String {
+pub(crate) async fn metrics(app: &TestApp) -> String {
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     response.text().await.unwrap()
 }
@@ -296,7 +307,7 @@ async fn a_reply_streams_and_is_recorded_with_its_model(backend: Backend) {
     assert!(!everything.contains(API_KEY));
     let metrics = metrics(&app).await;
     assert!(
-        metrics.contains(r#"assessd_ai_calls_total{profile="default",outcome="ok"} 1"#),
+        metrics.contains(r#"assessd_ai_calls_total{profile="default",task="chat",outcome="ok"} 1"#),
         "{metrics}"
     );
     assert!(
@@ -385,7 +396,9 @@ async fn a_reply_that_gives_the_answer_away_is_withheld(backend: Backend) {
     assert_eq!(payload["usage"]["total_tokens"], 49);
     let metrics = metrics(&app).await;
     assert!(
-        metrics.contains(r#"assessd_ai_calls_total{profile="course-a",outcome="withheld"} 1"#),
+        metrics.contains(
+            r#"assessd_ai_calls_total{profile="course-a",task="chat",outcome="withheld"} 1"#
+        ),
         "{metrics}"
     );
     app.stop().await;
@@ -436,7 +449,8 @@ async fn a_429_is_retried_and_failures_answer_ai_unavailable(backend: Backend) {
     assert_eq!(chats, 1);
     let metrics = metrics(&app).await;
     assert!(
-        metrics.contains(r#"assessd_ai_calls_total{profile="default",outcome="error"} 2"#),
+        metrics
+            .contains(r#"assessd_ai_calls_total{profile="default",task="chat",outcome="error"} 2"#),
         "{metrics}"
     );
     app.stop().await;
@@ -487,7 +501,7 @@ async fn a_slow_model_times_out_and_blocks_no_one(backend: Backend) {
     assert!(stream.iter().all(|e| e["event_type"] != "ChatExchanged"));
     assert!(metrics(&app)
         .await
-        .contains(r#"assessd_ai_calls_total{profile="default",outcome="timeout"} 1"#));
+        .contains(r#"assessd_ai_calls_total{profile="default",task="chat",outcome="timeout"} 1"#));
     app.stop().await;
 }
 

@@ -169,6 +169,7 @@ fn answer_for(state: &UserStream, right: bool) -> Option<UserCommand> {
         question_id: question.question_id.clone(),
         answer,
         test,
+        grading: None,
         now: t0(),
     })
 }
@@ -247,6 +248,7 @@ async fn run(
                     .into_iter()
                     .find(|t| t.id == a.test_id)
                     .unwrap_or_else(timed),
+                grading: None,
                 now,
             }),
             Step::Chat => Some(UserCommand::Chat {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
 
 use super::*;
+use crate::events::GradedBy;
 use crate::test_definition::TestDefinition;
 
 type Given = TestFramework<UserStream>;
@@ -59,6 +60,7 @@ fn submit(id: &str, question: &str, answer: Answer, now: DateTime<Utc>) -> UserC
         question_id: question.into(),
         answer,
         test: rust_test(),
+        grading: None,
         now,
     }
 }
@@ -424,6 +426,7 @@ fn an_attempt_keeps_the_test_version_it_started_with() {
             question_id: "q1".into(),
             answer: text("b"),
             test: Arc::new(v2),
+            grading: None,
             now: at(1),
         })
         .inspect_result();
@@ -479,6 +482,120 @@ fn an_ai_reply_is_recorded_with_its_provenance() {
         [UserEvent::ChatExchanged { provider_profile: Some(p), model: Some(m), usage: Some(u), withheld: true, .. }]
             if p == "course-a" && m == "m1" && u.total_tokens == 8
     ));
+}
+
+fn graded(score: f64, feedback: &str) -> Option<AiGrading> {
+    Some(AiGrading {
+        provider_profile: "course-a".into(),
+        model: "m1".into(),
+        usage: Some(crate::events::TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            total_tokens: 15,
+        }),
+        verdict: crate::events::AiVerdict::Graded {
+            score,
+            feedback: feedback.into(),
+        },
+    })
+}
+
+/// The events of attempt a1 up to its free-text question q3.
+fn at_q3() -> Vec<UserEvent> {
+    let mut events = started("a1");
+    let more = events_of(&events, submit("a1", "q1", text("b"), at(5)));
+    events.extend(more);
+    let more = events_of(
+        &events,
+        submit(
+            "a1",
+            "q2",
+            Answer::Choices(vec!["a".into(), "c".into()]),
+            at(6),
+        ),
+    );
+    events.extend(more);
+    events
+}
+
+#[test]
+fn a_model_grade_is_recorded_clamped_with_its_provenance_at_the_time_of_the_answer() {
+    let mut command = submit("a1", "q3", text("it checks references"), at(599));
+    if let UserCommand::SubmitAnswer { grading, .. } = &mut command {
+        *grading = graded(9.0, "Good: think about how long a reference lives.");
+    }
+    let events = events_of(&at_q3(), command);
+    let UserEvent::FeedbackGiven {
+        correct,
+        score,
+        graded_by,
+        given_at,
+        ..
+    } = &events[1]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!((*correct, *score, *given_at), (true, 2.0, at(599)));
+    assert_eq!(graded_by.graded_by, "m1");
+    assert_eq!(graded_by.provider_profile.as_deref(), Some("course-a"));
+    assert_eq!(graded_by.usage.map(|u| u.total_tokens), Some(15));
+    assert_eq!(graded_by.fallback, None);
+    assert!(matches!(
+        &events[2],
+        UserEvent::AssessmentCompleted { score, passed: true, .. } if *score == 5.0
+    ));
+}
+
+#[test]
+fn a_fallback_is_graded_offline_and_says_why() {
+    let mut command = submit("a1", "q3", text("ownership"), at(20));
+    if let UserCommand::SubmitAnswer { grading, .. } = &mut command {
+        *grading = Some(AiGrading {
+            provider_profile: "default".into(),
+            model: "m1".into(),
+            usage: None,
+            verdict: crate::events::AiVerdict::Fallback {
+                reason: "timeout".into(),
+            },
+        });
+    }
+    let events = events_of(&at_q3(), command);
+    let UserEvent::FeedbackGiven {
+        score, graded_by, ..
+    } = &events[1]
+    else {
+        panic!("{events:?}")
+    };
+    assert!((*score - 2.0 / 3.0).abs() < 1e-12, "{score}");
+    assert_eq!(graded_by.graded_by, "offline");
+    assert_eq!(graded_by.fallback.as_deref(), Some("timeout"));
+    assert_eq!(graded_by.model.as_deref(), Some("m1"));
+}
+
+#[test]
+fn an_offline_feedback_event_is_stored_as_before_and_a_graded_one_flat() {
+    // Written byte for byte as before the AI fields existed, so old hash chains verify.
+    let json = r#"{"FeedbackGiven":{"assessment_id":"a1","test_id":"rust","question_id":"q1","correct":true,"score":1.0,"max_score":1.0,"feedback":"Correct.","graded_by":"offline","given_at":"2026-01-05T10:00:00Z"}}"#;
+    let event: UserEvent = serde_json::from_str(json).unwrap();
+    let UserEvent::FeedbackGiven { graded_by, .. } = &event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(graded_by, &GradedBy::from("offline"));
+    assert_eq!(serde_json::to_string(&event).unwrap(), json);
+
+    let mut command = submit("a1", "q3", text("x"), at(20));
+    if let UserCommand::SubmitAnswer { grading, .. } = &mut command {
+        *grading = graded(1.0, "Half way.");
+    }
+    let feedback = events_of(&at_q3(), command).remove(1);
+    let value = serde_json::to_value(&feedback).unwrap();
+    let payload = &value["FeedbackGiven"];
+    assert_eq!(payload["graded_by"], "m1");
+    assert_eq!(payload["provider_profile"], "course-a");
+    assert_eq!(payload["usage"]["total_tokens"], 15);
+    assert!(payload.get("fallback").is_none(), "{payload}");
+    let back: UserEvent = serde_json::from_value(value).unwrap();
+    assert_eq!(back, feedback);
 }
 
 #[test]
