@@ -235,6 +235,11 @@ impl Server {
         }
     }
 
+    /// The server's database, for a test that writes history past the API.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("assessd.db").display())
+    }
+
     /// SIGKILL: no shutdown, no close frames; the browser sees the sockets drop.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

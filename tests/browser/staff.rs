@@ -7,6 +7,32 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{until, Server, Stage};
 
+/// Chat events added to the admin scenario's history: several batches of a rebuild.
+const BULK_CHATS: i64 = 60_000;
+
+/// Writes `count` chat events of one user into `server`'s database, past the API.
+async fn bulk_chats(server: &Server, count: i64) {
+    let db = assessd::store::Database::connect(&server.database_url(), 1)
+        .await
+        .expect("the server's database");
+    let assessd::store::Database::Sqlite(pool) = &db else {
+        unreachable!("the browser tests' server runs on SQLite");
+    };
+    sqlx::query(
+        "with recursive n(i) as (select 1 union all select i + 1 from n where i < ?) \
+         insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         select 'user', 'bulk', i, 'ChatExchanged', '1.0', ?, '{}' from n",
+    )
+    .bind(count)
+    .bind(
+        r#"{"ChatExchanged":{"assessment_id":null,"test_id":null,"question_id":null,"user_text":"hello","reply_text":"hi","tutor":"offline_tutor","exchanged_at":"2026-01-05T10:00:00Z"}}"#,
+    )
+    .execute(pool)
+    .await
+    .expect("bulk chat events");
+    db.close().await;
+}
+
 /// The right answer to each demo question.
 fn right(question: &str) -> Value {
     match question {
@@ -138,6 +164,10 @@ async fn the_admin_rebuilds_a_read_model() {
     let Some(mut stage) = Stage::new("admin").await else {
         return;
     };
+    // A history long enough that the rebuild is seen running: written straight into the
+    // server's database (recording them through the API would take minutes), then read by
+    // the live read models when the attempts below wake them.
+    bulk_chats(&stage.server, BULK_CHATS).await;
     for (user, answers) in [
         ("s1", vec![None, None, None, None]),
         ("s2", vec![Some(json!("a")), None, None, None]),
@@ -175,6 +205,17 @@ async fn the_admin_rebuilds_a_read_model() {
 
     page.click("button[data-rebuild=\"assessments\"]").await;
     page.wait_visible("#rebuild").await;
+    page.wait_text("#rebuild-status", "Running: ").await;
+    // The job counts the history first; the picture is taken once it reports progress
+    // against that count, unless the rebuild ends before a poll sees it.
+    let seen = until("the rebuild to report progress or end", || async {
+        let status = page.text("#rebuild-status").await;
+        let done = page.attr("#rebuild", "data-status").await.as_deref() == Some("done");
+        (status.ends_with(&format!(" of {events} events")) || done).then_some(status)
+    })
+    .await;
+    page.screenshot("2-running").await;
+    println!("admin: the page showed {seen:?} during the rebuild");
     until("the rebuild to finish", || async {
         (page.attr("#rebuild", "data-status").await.as_deref() == Some("done")).then_some(())
     })
@@ -194,6 +235,6 @@ async fn the_admin_rebuilds_a_read_model() {
     assert_eq!(bar[1], events, "{bar}");
     page.wait_text("tr[data-name=\"assessments\"] td:nth-child(5)", ":")
         .await;
-    page.screenshot("2-rebuilt").await;
+    page.screenshot("3-rebuilt").await;
     stage.finish(vec![page]).await;
 }

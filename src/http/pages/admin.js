@@ -73,7 +73,10 @@
       bar.value = j.status === "done" ? bar.max : j.events_done;
       panel.dataset.status = j.status;
       if (j.status === "running") {
-        status.textContent = "Running: " + j.events_done + " of " + j.events_total + " events";
+        // The job counts the history before it reads it: until then its total is 0.
+        status.textContent = j.events_total > 0
+          ? "Running: " + j.events_done + " of " + j.events_total + " events"
+          : "Running: counting the events…";
         S.polling = setTimeout(poll, POLL_MS);
         return;
       }
