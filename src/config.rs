@@ -413,16 +413,19 @@ impl ServeArgs {
     }
 }
 
-/// A node id for event metadata: the host name, else a random one.
+/// A node id for event metadata and the connections report: the host name and the process
+/// id (`web-1-4242`), so two servers on one host are told apart; `node` and the process id
+/// when the host has no name.
 pub fn default_node_id() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
-        .filter(|h| !h.is_empty())
+        .filter(|h| !h.trim().is_empty())
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_string())
         })
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+        .unwrap_or_else(|| "node".to_string());
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -248,6 +248,7 @@ async fn serve_turns_development_sign_in_on_only_with_the_generated_secret() {
             .env("ASSESSD_DATA_DIR", dir.path())
             .env_remove("ASSESSD_JWT_SECRET")
             .env_remove("ASSESSD_JWT_PUBLIC_KEY")
+            .env_remove("ASSESSD_NODE_ID")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -277,6 +278,13 @@ async fn serve_turns_development_sign_in_on_only_with_the_generated_secret() {
             .await
             .unwrap();
         assert_eq!(config["dev_sign_in"], expected, "{bind}, secret {secret:?}");
+        // Without ASSESSD_NODE_ID: the host name and this process's id.
+        let pid = child.id().expect("the server runs");
+        let node = config["node_id"].as_str().unwrap_or_default();
+        assert!(
+            node.ends_with(&format!("-{pid}")) && node.len() > format!("-{pid}").len(),
+            "{node}"
+        );
         let minted = http
             .post(format!("http://{addr}/api/dev/token"))
             .json(&json!({"name": "alice"}))
