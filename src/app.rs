@@ -86,6 +86,10 @@ impl Application {
                 .clone()
                 .run(projections_stop.clone().cancelled_owned()),
         );
+        // The heartbeat stops when the sessions are done, so this node counts as live (and
+        // its sockets as open) until they are.
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(crate::nodes::run(state.clone(), heartbeat_stop.clone()));
         let router = router(state.clone());
         let stop = state.shutdown.clone();
         // TCP_NODELAY: a WebSocket sends small frames one after another (AGENT_THINKING
@@ -108,6 +112,13 @@ impl Application {
             tracing::warn!("some sessions did not finish within the shutdown grace period");
         }
         janitor.abort();
+        heartbeat_stop.cancel();
+        if tokio::time::timeout(self.shutdown_grace, heartbeat)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the node heartbeat did not stop within the shutdown grace period");
+        }
         projections_stop.cancel();
         if tokio::time::timeout(self.shutdown_grace, projections)
             .await
@@ -151,6 +162,7 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
         limits,
         node_id: settings.node_id.clone(),
+        membership: settings.membership,
         dev_sign_in: settings.dev_sign_in,
         tutor: Arc::new(OfflineTutor),
         ai: Arc::new(crate::ai::Ai::new(&settings.ai)),

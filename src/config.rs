@@ -26,6 +26,10 @@ pub mod defaults {
     pub const DB_POOL: u32 = 16;
     pub const SNAPSHOT_EVERY: usize = 20;
     pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+    /// How often a node records that it is alive, and after how long without a heartbeat
+    /// the others count it gone.
+    pub const HEARTBEAT_MS: u64 = 2_000;
+    pub const NODE_LEASE_MS: u64 = 10_000;
     /// `dev seed`: users seeding at once.
     pub const SEED_CONCURRENCY: u32 = 16;
     /// `dev seed`: the test taken.
@@ -326,6 +330,8 @@ pub struct Settings {
     pub db_pool: u32,
     pub snapshot_every: usize,
     pub shutdown_grace: Duration,
+    /// The node's heartbeat ([`crate::nodes`]).
+    pub membership: crate::nodes::Membership,
     /// Load the demo test when it is not in the catalog yet.
     pub load_demo: bool,
     /// `POST /api/dev/token` mints tokens: only when tokens are verified with the generated
@@ -380,6 +386,10 @@ impl Settings {
             db_pool: defaults::DB_POOL,
             snapshot_every: defaults::SNAPSHOT_EVERY,
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
+            membership: crate::nodes::Membership {
+                every: Duration::from_millis(defaults::HEARTBEAT_MS),
+                lease: Duration::from_millis(defaults::NODE_LEASE_MS),
+            },
             load_demo: true,
             dev_sign_in: false,
             ai: crate::ai::AiConfig::default(),

@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod nodes;
 pub mod rate_limit;
 pub mod registry;
 pub mod state;

@@ -200,11 +200,13 @@ async fn audit_reads(
 /// The live connections (docs/protocol.md, section 4).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Connections {
-    /// Live sessions on this node: one per connected user.
+    /// Live sessions on every live node: the sum of `by_node`.
     pub total: u64,
-    /// Live sessions by node id; only this node for now.
+    /// Live sessions by node id, for every node whose heartbeat is within its lease (this
+    /// node's count is taken now, the others' at their last heartbeat), 0 included.
     pub by_node: BTreeMap<String, u64>,
-    /// Live sessions whose user has an attempt in progress, by that attempt's test id.
+    /// This node's live sessions whose user has an attempt in progress, by that attempt's
+    /// test id.
     pub by_test: BTreeMap<String, u64>,
 }
 
@@ -219,10 +221,11 @@ const LOADS_AT_ONCE: usize = 4;
     tag = "admin",
     summary = "Live connections",
     description = "Role: admin.\n\n\
-                   The live WebSocket sessions of this node (one per connected user): their \
-                   number, the same by node id (only this node for now), and by the test id \
-                   of the user's attempt in progress. An attempt whose deadline has passed \
-                   does not count as in progress.",
+                   The live WebSocket sessions (one per connected user) of every node sharing \
+                   the database: by node id (every node whose heartbeat is within its lease, \
+                   this one counted now, the others at their last heartbeat) and their sum; \
+                   and this node's, by the test id of the user's attempt in progress. An \
+                   attempt whose deadline has passed does not count as in progress.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["admin"]))),
     responses(
@@ -238,12 +241,19 @@ async fn connections(
 ) -> Result<Json<Connections>, ApiError> {
     require(&identity, &[Role::Admin])?;
     let users = state.registry.live_users();
+    let mut by_node: BTreeMap<String, u64> = crate::nodes::live(&state.db, state.membership.lease)
+        .await?
+        .into_iter()
+        .map(|node| (node.node_id, node.connections))
+        .collect();
+    // This node is live whether or not its first heartbeat has been written yet.
+    by_node.insert(state.node_id.clone(), users.len() as u64);
     let now = Utc::now();
     // Each live user's stream is loaded (snapshot plus newer events) to find the attempt in
     // progress: one small read per connected user per request. Fine for an admin's page at
     // today's scale; a registry that kept each session's test id would make this free, but
     // only the session (src/ws) knows when that changes.
-    let total = users.len() as u64;
+    let total = by_node.values().sum();
     let tests: Vec<Option<String>> = futures_util::stream::iter(users)
         .map(|user| {
             let state = state.clone();
@@ -266,7 +276,7 @@ async fn connections(
     }
     Ok(Json(Connections {
         total,
-        by_node: BTreeMap::from([(state.node_id.clone(), total)]),
+        by_node,
         by_test,
     }))
 }

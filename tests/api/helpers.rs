@@ -109,6 +109,18 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The same database for a second server; only the first owner drops it.
+    pub fn alias(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            backend: self.backend,
+            _dir: None,
+            pg_name: None,
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(name) = self.pg_name.take() else {

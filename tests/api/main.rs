@@ -14,6 +14,7 @@ mod flow;
 mod http_api;
 mod lifecycle;
 mod limits;
+mod nodes;
 mod openapi;
 mod pages;
 mod projections;
