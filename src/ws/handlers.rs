@@ -71,6 +71,15 @@ impl Handler {
         self.question_job.take()
     }
 
+    /// [`Self::prepare_question`] after a command that was recorded: a failure here must not
+    /// turn its replies into an error (the answer is recorded), so it is logged, and the
+    /// next greeting, `START_ASSESSMENT` or `GET_QUESTION` tries again.
+    async fn then_next_question(&mut self, request_id: Option<&str>) {
+        if let Err(e) = self.prepare_question(request_id).await {
+            tracing::error!(user_id = %self.user_id, error = %e.message, "the next question could not be prepared");
+        }
+    }
+
     /// Prepares the next question's generation when the attempt in progress waits for one
     /// (an adaptive attempt just started or answered, or one whose generation was cut off
     /// by a restart). Takes the user's turn first and decides on the stream as recorded,
@@ -176,7 +185,7 @@ impl Handler {
         if let Some(attempt) = committed.state.in_progress() {
             out.extend(replies::resumed(attempt));
         }
-        self.prepare_question(None).await?;
+        self.then_next_question(None).await;
         Ok(out)
     }
 
@@ -259,7 +268,7 @@ impl Handler {
             now: Utc::now(),
         };
         let committed = self.execute(command, request_id).await?;
-        self.prepare_question(request_id).await?;
+        self.then_next_question(request_id).await;
         Ok(replies::for_outcome(&committed))
     }
 
@@ -300,7 +309,7 @@ impl Handler {
         };
         match self.execute(command, request_id).await {
             Ok(committed) => {
-                self.prepare_question(request_id).await?;
+                self.then_next_question(request_id).await;
                 Ok(replies::for_outcome(&committed))
             }
             // Expired earlier: say so, and how the attempt ended.
@@ -424,7 +433,7 @@ impl Handler {
         let mut out = replies::for_events(&committed);
         out.extend(replies::where_it_stands(attempt));
         // An adaptive attempt whose generation was cut off (a restart) gets it again.
-        self.prepare_question(request_id).await?;
+        self.then_next_question(request_id).await;
         Ok(replies::once_per_event(out))
     }
 

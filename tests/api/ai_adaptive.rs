@@ -1,8 +1,8 @@
 //! Adaptive tests through the real WebSocket, against the fake OpenAI-compatible server of
 //! [`crate::ai`]: generated questions graded from their recorded key (which the client
 //! never sees), the topic and the previous answers in the model's prompt, unusable
-//! replies and a 500 falling back to the bank until it is used up, a reconnect during a
-//! slow generation, and replays that never call the model.
+//! replies, a 500, a timeout and no provider at all falling back to the bank (until it is
+//! used up), a reconnect during a slow generation, and replays that never call the model.
 
 use std::time::Duration;
 
@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use assessd::auth::Role;
 
-use crate::ai::{app_with_ai, fake_provider, of_type, until, Mode, MODEL};
-use crate::helpers::{Backend, TestApp, WsClient};
+use crate::ai::{app_with_ai, fake_provider, metrics, of_type, until, Mode, MODEL};
+use crate::helpers::{spawn_app, Backend, TestApp, WsClient};
 
 const TOPIC: &str = "Rust ownership";
 const CHOICE: &str = r#"{"kind":"single_choice","prompt":"Which type is moved on assignment?","choices":[{"id":"a","text":"String"},{"id":"b","text":"i32"}],"answer":"a","explanation":"SECRET-EXPLANATION: heap data moves."}"#;
@@ -195,6 +195,52 @@ async fn unusable_replies_and_a_500_fall_back_to_the_bank_until_it_runs_out(back
         (Some(2.0), Some(3.0))
     );
     assert_eq!(presented(&app, "alice").await.len(), 2);
+    assert!(metrics(&app)
+        .await
+        .contains(r#"assessd_ai_fallbacks_total{profile="default",task="question"} 3"#));
+    app.stop().await;
+}
+
+async fn a_slow_model_times_out_to_the_bank(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::Slow).await;
+    let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_millis(300)).await else {
+        return;
+    };
+    app.put_test("own", adaptive(2)).await;
+    let mut alice = app.connect("alice").await;
+    alice
+        .send(json!({"type": "START_ASSESSMENT", "test_id": "own"}))
+        .await;
+    let messages = until(&mut alice, "QUESTION").await;
+    assert_eq!(messages.last().unwrap()["question_id"], "k1");
+    // A timeout is not retried: the call used its budget.
+    assert_eq!(fake.requests(), 1);
+    let events = presented(&app, "alice").await;
+    assert_eq!(events[0]["fallback"], "timeout");
+    assert_eq!(events[0]["model"], MODEL);
+    app.stop().await;
+}
+
+async fn without_a_provider_the_bank_asks_and_says_so(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.put_test("own", adaptive(1)).await;
+    let mut alice = app.connect("alice").await;
+    let (started, question) = alice.start("own").await;
+    assert_eq!(started["total_questions"], 1);
+    assert_eq!(question["question_id"], "k1");
+    let events = presented(&app, "alice").await;
+    assert_eq!(events[0]["fallback"], "offline");
+    assert!(events[0].get("model").is_none(), "{events:?}");
+    let id = started["assessment_id"].as_str().unwrap();
+    let (feedback, _, completed) = alice.answer(id, "k1", json!("b")).await;
+    assert_eq!(
+        (feedback["score"].as_f64(), feedback["max_score"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(completed["type"], "ASSESSMENT_COMPLETED");
+    assert_eq!(completed["max_score"], 1.0);
     app.stop().await;
 }
 
@@ -237,4 +283,6 @@ crate::on_both_backends!(
     an_adaptive_test_runs_on_generated_questions,
     unusable_replies_and_a_500_fall_back_to_the_bank_until_it_runs_out,
     a_reconnect_during_a_slow_generation_gives_one_question,
+    a_slow_model_times_out_to_the_bank,
+    without_a_provider_the_bank_asks_and_says_so,
 );
