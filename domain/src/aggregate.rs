@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::commands::UserCommand;
 use crate::error::DomainError;
 use crate::events::{
-    AiGrading, AiProvenance, Answer, CompletionReason, PresentedChoice, PresentedQuestion,
-    UserEvent,
+    AiGrading, AiProvenance, Answer, CompletionReason, GenerationOutcome, PresentedChoice,
+    PresentedQuestion, QuestionGeneration, QuestionProvenance, UserEvent,
 };
+use crate::generated::{self, ADAPTIVE_POINTS};
 use crate::grading;
-use crate::test_definition::TestDefinition;
+use crate::test_definition::{QuestionDefinition, TestDefinition};
 
 /// Longest chat message accepted, in characters.
 pub const MAX_CHAT_CHARS: usize = 2_000;
@@ -49,6 +50,11 @@ pub struct Attempt {
     pub answers: Vec<RecordedAnswer>,
     pub score: f64,
     pub status: AttemptStatus,
+    /// The questions a model wrote for this attempt, with the keys recorded on their
+    /// `QuestionPresented`: they grade from the stream alone. Defaults to none, so older
+    /// snapshots load.
+    #[serde(default)]
+    pub generated: Vec<QuestionDefinition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +96,12 @@ impl Attempt {
 
     pub fn answer_to(&self, question_id: &str) -> Option<&RecordedAnswer> {
         self.answers.iter().find(|a| a.question_id == question_id)
+    }
+
+    /// In progress with no question shown: an adaptive attempt waiting for its next
+    /// question (an ordinary attempt always shows one until it completes).
+    pub fn awaits_question(&self) -> bool {
+        self.is_in_progress() && self.current_question.is_none()
     }
 
     /// In progress, but its deadline has passed: the next command will complete it.
@@ -160,6 +172,12 @@ impl UserStream {
             UserCommand::EndByAdmin { assessment_id, now } => {
                 decision.end_by_admin(assessment_id, now)?
             }
+            UserCommand::PresentQuestion {
+                assessment_id,
+                test,
+                generation,
+                now,
+            } => decision.present_question(assessment_id, &test, *generation, now)?,
         };
         Ok(decision.finish(outcome))
     }
@@ -189,6 +207,9 @@ pub enum Outcome {
     Chatted,
     /// An admin ended the attempt.
     Ended { assessment_id: String },
+    /// The next question of an adaptive attempt was presented (or, with no question left
+    /// to present, the attempt completed).
+    Presented { assessment_id: String },
     /// Nothing was asked but the clock: an overdue attempt, if any, was completed.
     Checked,
 }
@@ -275,8 +296,10 @@ impl Deciding {
             test_version: test.version,
             title: test.title.clone(),
             attempt: used + 1,
-            total_questions: test.questions.len() as u32,
-            max_score: test.max_score(),
+            total_questions: test.adaptive_count().unwrap_or(test.questions.len() as u32),
+            max_score: test
+                .adaptive_count()
+                .map_or_else(|| test.max_score(), |n| f64::from(n) * ADAPTIVE_POINTS),
             pass_ratio: test.pass_ratio,
             time_limit_secs: test.time_limit_secs,
             deadline: test
@@ -349,9 +372,8 @@ impl Deciding {
                 question_id: question_id.clone(),
             });
         }
-        let question = test.question(&question_id).ok_or_else(|| {
-            DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
-        })?;
+        let question = question_to_grade(attempt, test, &question_id)?;
+        let question = &question;
         grading::check_answer_shape(question, &answer).map_err(DomainError::InvalidAnswer)?;
         let (grade, graded_by) = grading::grade_with(question, &answer, grading);
         self.emit(UserEvent::AnswerSubmitted {
@@ -392,6 +414,15 @@ impl Deciding {
             });
         };
         let answered = attempt.answers.len();
+        if test.adaptive_count().is_some() {
+            // The next question is generated outside the domain and presented by
+            // `PresentQuestion`; only the completion is decided here.
+            if answered as u32 >= attempt.total_questions {
+                let event = completion(attempt, CompletionReason::AllAnswered, now);
+                self.emit(event);
+            }
+            return Ok(());
+        }
         let Some(next_id) = attempt.question_order.get(answered) else {
             let event = completion(attempt, CompletionReason::AllAnswered, now);
             self.emit(event);
@@ -420,8 +451,110 @@ impl Deciding {
             },
             source: QUESTION_BANK.to_string(),
             presented_at: now,
+            generated: QuestionProvenance::default(),
         });
         Ok(())
+    }
+
+    /// Presents the next question of an adaptive attempt: the generated one, or the next
+    /// bank question not asked yet (the attempt completes when the bank has none left).
+    fn present_question(
+        &mut self,
+        assessment_id: String,
+        test: &TestDefinition,
+        generation: QuestionGeneration,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DomainError> {
+        let attempt =
+            self.state
+                .attempt(&assessment_id)
+                .ok_or_else(|| DomainError::AssessmentNotFound {
+                    assessment_id: assessment_id.clone(),
+                })?;
+        if attempt.test_id != test.id
+            || attempt.test_version != test.version
+            || test.adaptive_count().is_none()
+        {
+            return Err(DomainError::InconsistentCommand(format!(
+                "attempt is of {} v{}, command carries {} v{} (adaptive or not)",
+                attempt.test_id, attempt.test_version, test.id, test.version
+            )));
+        }
+        // Completed meanwhile, or this position already has its question: nothing more,
+        // so a second generation for the same position never shows a second question.
+        if !attempt.awaits_question() || attempt.answered() >= attempt.total_questions {
+            return Ok(Outcome::Checked);
+        }
+        let position = attempt.answered() + 1;
+        let mut provenance = QuestionProvenance {
+            provider_profile: generation.provider_profile,
+            model: generation.model.clone(),
+            usage: generation.usage,
+            fallback: None,
+            key: None,
+        };
+        let (question, source) = match generation.outcome {
+            GenerationOutcome::Generated(q) => {
+                generated::check(&q).map_err(|e| {
+                    DomainError::InconsistentCommand(format!("generated question: {e}"))
+                })?;
+                let mut id = format!("ai-{position}");
+                // Bank ids may look like ours; never present one id for two questions.
+                while test.question(&id).is_some() || attempt.answer_to(&id).is_some() {
+                    id.push('x');
+                }
+                provenance.key = Some(q.key);
+                let question = PresentedQuestion {
+                    question_id: id,
+                    position,
+                    kind: q.kind,
+                    prompt: q.prompt,
+                    choices: q.choices,
+                    points: ADAPTIVE_POINTS,
+                };
+                let source = generation.model.unwrap_or_else(|| "ai".to_string());
+                (question, source)
+            }
+            GenerationOutcome::Fallback { reason } => {
+                provenance.fallback = Some(reason);
+                let next = attempt
+                    .question_order
+                    .iter()
+                    .find(|id| attempt.answer_to(id).is_none())
+                    .and_then(|id| test.question(id));
+                let Some(q) = next else {
+                    // The bank is used up: the attempt ends with the questions it had.
+                    let event = completion(attempt, CompletionReason::AllAnswered, now);
+                    self.emit(event);
+                    return Ok(Outcome::Presented { assessment_id });
+                };
+                let question = PresentedQuestion {
+                    question_id: q.id.clone(),
+                    position,
+                    kind: q.kind,
+                    prompt: q.prompt.clone(),
+                    choices: q
+                        .choices
+                        .iter()
+                        .map(|c| PresentedChoice {
+                            id: c.id.clone(),
+                            text: c.text.clone(),
+                        })
+                        .collect(),
+                    points: ADAPTIVE_POINTS,
+                };
+                (question, QUESTION_BANK.to_string())
+            }
+        };
+        self.emit(UserEvent::QuestionPresented {
+            assessment_id: assessment_id.clone(),
+            test_id: test.id.clone(),
+            question,
+            source,
+            presented_at: now,
+            generated: provenance,
+        });
+        Ok(Outcome::Presented { assessment_id })
     }
 
     fn chat(
@@ -500,6 +633,25 @@ impl Deciding {
     }
 }
 
+/// The definition `question_id` is graded with: a generated question's recorded key, or
+/// the bank's (worth [`ADAPTIVE_POINTS`] in an adaptive test, as it was presented).
+fn question_to_grade(
+    attempt: &Attempt,
+    test: &TestDefinition,
+    question_id: &str,
+) -> Result<QuestionDefinition, DomainError> {
+    if let Some(q) = attempt.generated.iter().find(|q| q.id == question_id) {
+        return Ok(q.clone());
+    }
+    let mut question = test.question(question_id).cloned().ok_or_else(|| {
+        DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
+    })?;
+    if test.adaptive_count().is_some() {
+        question.points = ADAPTIVE_POINTS;
+    }
+    Ok(question)
+}
+
 fn completion(attempt: &Attempt, reason: CompletionReason, now: DateTime<Utc>) -> UserEvent {
     UserEvent::AssessmentCompleted {
         assessment_id: attempt.assessment_id.clone(),
@@ -566,13 +718,18 @@ impl Aggregate for UserStream {
                 answers: Vec::new(),
                 score: 0.0,
                 status: AttemptStatus::InProgress,
+                generated: Vec::new(),
             }),
             UserEvent::QuestionPresented {
                 assessment_id,
                 question,
+                generated: provenance,
                 ..
             } => {
                 if let Some(a) = self.attempt_mut(&assessment_id) {
+                    if let Some(definition) = generated::definition(&question, &provenance) {
+                        a.generated.push(definition);
+                    }
                     a.current_question = Some((question, seq));
                 }
             }

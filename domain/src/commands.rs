@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::events::{AiGrading, AiProvenance, Answer};
+use crate::events::{AiGrading, AiProvenance, Answer, QuestionGeneration};
 use crate::test_definition::TestDefinition;
 
 #[derive(Debug, Clone)]
@@ -45,6 +45,17 @@ pub enum UserCommand {
         ai: Option<AiProvenance>,
         now: DateTime<Utc>,
     },
+    /// Present the next question of an adaptive attempt that waits for one: the model's
+    /// question or, failing that, the next unused bank question. Nothing happens when the
+    /// attempt already shows a question (a second generation for the same position).
+    PresentQuestion {
+        assessment_id: String,
+        /// The definition at the version the attempt started with.
+        test: Arc<TestDefinition>,
+        /// Boxed: a question with its key is large, and every command is moved around.
+        generation: Box<QuestionGeneration>,
+        now: DateTime<Utc>,
+    },
     /// An admin ends an attempt in progress.
     EndByAdmin {
         assessment_id: String,
@@ -59,6 +70,7 @@ impl UserCommand {
             | UserCommand::SubmitAnswer { now, .. }
             | UserCommand::ExpireOverdue { now }
             | UserCommand::Chat { now, .. }
+            | UserCommand::PresentQuestion { now, .. }
             | UserCommand::EndByAdmin { now, .. } => *now,
         }
     }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::test_definition::QuestionKind;
+use crate::test_definition::{AnswerKey, QuestionKind};
 
 /// The version every event is written with today.
 pub const EVENT_VERSION: &str = "1.0";
@@ -154,6 +154,72 @@ pub enum AiVerdict {
     Fallback { reason: String },
 }
 
+/// Where a question of an adaptive test came from, recorded on its `QuestionPresented`.
+/// Every field was added later and is absent for a plain bank question, so older events
+/// (and bank questions of ordinary tests) load, replay and hash exactly as they were
+/// written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuestionProvenance {
+    /// The AI provider profile that was asked, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_profile: Option<String>,
+    /// The model that was asked, as configured for the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens used by every call made for this question (a retry included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+    /// Why the next bank question stood in for a generated one (`timeout`, `error`,
+    /// `invalid_output`, `busy`, `offline`); absent when the model's question was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// A generated question's answer key: what grades it, from this event alone. Never
+    /// sent to a test-taker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<GeneratedKey>,
+}
+
+/// The key of a generated question, as the model wrote it and the server validated it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedKey {
+    /// The correct choice id (`single_choice`) or ids (`multiple_choice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<AnswerKey>,
+    /// The rubric of a `free_text` question.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+}
+
+/// A question the model wrote for an adaptive test, before it has an id or a position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedQuestion {
+    pub kind: QuestionKind,
+    pub prompt: String,
+    pub choices: Vec<PresentedChoice>,
+    pub key: GeneratedKey,
+}
+
+/// What the server decided, outside the domain, for the next question of an adaptive
+/// test; carried in `PresentQuestion`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuestionGeneration {
+    /// The profile asked (`None` when no AI provider is configured for the test).
+    pub provider_profile: Option<String>,
+    pub model: Option<String>,
+    pub usage: Option<TokenUsage>,
+    pub outcome: GenerationOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationOutcome {
+    /// The model's question, validated.
+    Generated(GeneratedQuestion),
+    /// No usable question for `reason`: the next unused bank question is presented.
+    Fallback { reason: String },
+}
+
 fn is_false(value: &bool) -> bool {
     !*value
 }
@@ -183,6 +249,11 @@ pub enum UserEvent {
         /// What produced the question: `question_bank`, or an AI model's name.
         source: String,
         presented_at: DateTime<Utc>,
+        /// For adaptive tests: the model asked, its usage, the fallback reason, and a
+        /// generated question's key. Flattened and empty for bank questions, so those are
+        /// written exactly as before.
+        #[serde(flatten)]
+        generated: QuestionProvenance,
     },
     AnswerSubmitted {
         assessment_id: String,

@@ -21,6 +21,7 @@ pub mod aggregate;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod generated;
 pub mod grading;
 pub mod test_definition;
 
@@ -28,7 +29,8 @@ pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, U
 pub use commands::UserCommand;
 pub use error::DomainError;
 pub use events::{
-    AiGrading, AiProvenance, AiVerdict, Answer, CompletionReason, GradedBy, PresentedChoice,
-    PresentedQuestion, TokenUsage, UserEvent,
+    AiGrading, AiProvenance, AiVerdict, Answer, CompletionReason, GeneratedKey, GeneratedQuestion,
+    GenerationOutcome, GradedBy, PresentedChoice, PresentedQuestion, QuestionGeneration,
+    QuestionProvenance, TokenUsage, UserEvent,
 };
 pub use test_definition::{QuestionKind, TestDefinition, ValidationError};

@@ -225,6 +225,17 @@ impl TestDefinition {
     pub fn max_score(&self) -> f64 {
         self.questions.iter().map(|q| q.points).sum()
     }
+
+    /// How many questions an attempt of an adaptive test asks (`ai.question_count`, or
+    /// the bank's size); `None` for a test that is not adaptive.
+    pub fn adaptive_count(&self) -> Option<u32> {
+        let ai = self.ai.as_ref().filter(|ai| ai.adaptive)?;
+        Some(
+            ai.question_count
+                .unwrap_or(self.questions.len() as u32)
+                .max(1),
+        )
+    }
 }
 
 impl QuestionDefinition {

@@ -7,6 +7,10 @@
 //! second feedback, no expiry recorded before an answer that arrived in time. The wait is
 //! bounded: a grading ends within two model timeouts (one retry of an unusable reply),
 //! then falls back to the offline grader.
+//!
+//! The question writer of adaptive tests ([`crate::ws::question`]) takes the same turn
+//! while it generates, for the same reasons: one question per position, recorded before
+//! anything else of the user's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,11 +1,14 @@
-//! The AI provider behind the tutor and the free-text grader: OpenAI-compatible servers through async-openai, one
-//! client per configured profile, and the caps on concurrent model calls.
+//! The AI provider behind the tutor, the free-text grader and the question writer of
+//! adaptive tests: OpenAI-compatible servers through async-openai, one client per
+//! configured profile, and the caps on concurrent model calls.
 //!
 //! - [`config`]: profiles from the environment (`OPENAI_*`, `ASSESSD_AI_*`).
 //! - [`openai`]: the async-openai implementation of [`AiProvider`].
 //! - [`guard`]: the check that a reply does not give the answer away.
 //! - [`grader`]: the instructions and the strict reading of a free-text grade.
-//! - [`inflight`]: the gradings in flight, which the user's other commands wait for.
+//! - [`inflight`]: the gradings (and question generations) in flight, which the user's
+//!   other commands wait for.
+//! - [`questions`]: the instructions and the strict reading of a generated question.
 //!
 //! The offline tutor ([`crate::tutor`]) stays the default and needs none of this. What a
 //! model says is decided here, outside the domain, and recorded in the event
@@ -17,6 +20,7 @@ pub mod grader;
 pub mod guard;
 pub mod inflight;
 pub mod openai;
+pub mod questions;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -89,7 +93,8 @@ pub struct Ai {
     global: Arc<Semaphore>,
     max_per_user: usize,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
-    /// The free-text gradings running now, which the user's other commands wait for.
+    /// The free-text gradings and question generations running now, which the user's
+    /// other commands wait for.
     pub gradings: inflight::Gradings,
 }
 

@@ -133,7 +133,13 @@ impl FeedbackJob {
             let mut call_usage = None;
             let call = match tokio::time::timeout(
                 self.state.ai.timeout,
-                ask(&*self.provider, &system, &user, &mut call_usage, client),
+                ask(
+                    &*self.provider,
+                    (&system, &user),
+                    (AgentTask::Feedback, "grading…"),
+                    &mut call_usage,
+                    client,
+                ),
             )
             .await
             {
@@ -194,11 +200,12 @@ impl FeedbackJob {
     }
 }
 
-/// One model call: its whole reply, with progress marks to the client meanwhile.
-async fn ask(
+/// One model call for a JSON reply: its whole reply, with progress marks (`first`, then
+/// `.` at most once a second) to the client meanwhile as `AGENT_THINKING` of `task`.
+pub(super) async fn ask(
     provider: &dyn AiProvider,
-    system: &str,
-    user: &str,
+    (system, user): (&str, &str),
+    (task, first): (AgentTask, &str),
     usage: &mut Option<TokenUsage>,
     client: &mut Option<WeakOutbox>,
 ) -> Result<String, AiError> {
@@ -215,14 +222,14 @@ async fn ask(
             text.push_str(&delta);
         }
         let mark = match marked {
-            None => Some("grading…"),
+            None => Some(first),
             Some(at) if at.elapsed() >= THINKING_EVERY => Some("."),
             Some(_) => None,
         };
         if let Some(mark) = mark {
             marked = Some(Instant::now());
             let thinking = ServerMessage::AgentThinking {
-                task: AgentTask::Feedback,
+                task,
                 delta: mark.to_string(),
             };
             send(client, vec![agent(thinking)]).await;
@@ -234,7 +241,7 @@ async fn ask(
     Ok(text)
 }
 
-fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage> {
+pub(super) fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage> {
     match (total, more) {
         (Some(a), Some(b)) => Some(TokenUsage {
             prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
@@ -246,7 +253,7 @@ fn add(total: Option<TokenUsage>, more: Option<TokenUsage>) -> Option<TokenUsage
 }
 
 /// Sends to the client while its session is there; once it is gone, stops trying.
-async fn send(client: &mut Option<WeakOutbox>, replies: Vec<Reply>) {
+pub(super) async fn send(client: &mut Option<WeakOutbox>, replies: Vec<Reply>) {
     let Some(outbox) = client.as_ref().and_then(WeakOutbox::upgrade) else {
         *client = None;
         return;
@@ -256,7 +263,7 @@ async fn send(client: &mut Option<WeakOutbox>, replies: Vec<Reply>) {
     }
 }
 
-fn agent(message: ServerMessage) -> Reply {
+pub(super) fn agent(message: ServerMessage) -> Reply {
     Reply::new(message, None)
 }
 

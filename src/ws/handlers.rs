@@ -2,7 +2,8 @@
 //! question order and the tutor's reply are decided here, outside the domain), run it
 //! through the one command path, and turn the outcome into replies. No socket in sight:
 //! the session queues whatever is returned, and starts the [`ChatJob`] an AI tutor reply
-//! needs or the [`FeedbackJob`] a model's grade of a free-text answer needs.
+//! needs, the [`FeedbackJob`] a model's grade of a free-text answer needs, or the
+//! [`QuestionJob`] that presents the next question of an adaptive test.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use super::chat::ChatJob;
 use super::feedback::{self, FeedbackJob};
 use super::protocol::{self, ClientMessage, ServerMessage};
+use super::question::{self, QuestionJob, Writer};
 use super::replies::{self, Reply};
 use crate::commands::{self, CommandError, Origin};
 use crate::error::{ClientError, ErrorCode};
@@ -43,6 +45,8 @@ pub struct Handler {
     chat_job: Option<ChatJob>,
     /// A model's grading to start, set by `submit` for the session to run.
     feedback_job: Option<FeedbackJob>,
+    /// The next question of an adaptive attempt to generate, set for the session to run.
+    question_job: Option<QuestionJob>,
     /// Set by a grading once it recorded: `view` is behind the stream.
     stale: Arc<AtomicBool>,
 }
@@ -56,8 +60,99 @@ impl Handler {
             view: UserStream::default(),
             chat_job: None,
             feedback_job: None,
+            question_job: None,
             stale: Arc::default(),
         }
+    }
+
+    /// The generation of an adaptive attempt's next question the last message (or the
+    /// greeting) asked for, if any: the session runs it in a task that outlives the socket.
+    pub fn take_question(&mut self) -> Option<QuestionJob> {
+        self.question_job.take()
+    }
+
+    /// [`Self::prepare_question`] after a command that was recorded: a failure here must not
+    /// turn its replies into an error (the answer is recorded), so it is logged, and the
+    /// next greeting, `START_ASSESSMENT` or `GET_QUESTION` tries again.
+    async fn then_next_question(&mut self, request_id: Option<&str>) {
+        if let Err(e) = self.prepare_question(request_id).await {
+            tracing::error!(user_id = %self.user_id, error = %e.message, "the next question could not be prepared");
+        }
+    }
+
+    /// Prepares the next question's generation when the attempt in progress waits for one
+    /// (an adaptive attempt just started or answered, or one whose generation was cut off
+    /// by a restart). Takes the user's turn first and decides on the stream as recorded,
+    /// so a generation still running for an older connection is waited for, not repeated.
+    async fn prepare_question(&mut self, request_id: Option<&str>) -> Result<(), ClientError> {
+        if self.question_job.is_some()
+            || !self
+                .view
+                .in_progress()
+                .is_some_and(Attempt::awaits_question)
+        {
+            return Ok(());
+        }
+        let turn = self.state.ai.gradings.begin(&self.user_id).await;
+        self.view = self.state.streams.load(&self.user_id).await?;
+        let Some(attempt) = self.view.in_progress().filter(|a| a.awaits_question()) else {
+            return Ok(());
+        };
+        let (test_id, version) = (attempt.test_id.clone(), attempt.test_version);
+        let test = self
+            .state
+            .catalog
+            .version(&test_id, version)
+            .await?
+            .ok_or_else(|| {
+                ClientError::internal(&format!(
+                    "test {test_id} v{version} is missing from the catalog"
+                ))
+            })?;
+        if test.adaptive_count().is_none() {
+            // Only an adaptive attempt waits for a question between commands.
+            return Ok(());
+        }
+        let history = question::history(attempt, &test);
+        let assessment_id = attempt.assessment_id.clone();
+        let profile = test.ai.as_ref().and_then(|ai| ai.profile.as_deref());
+        let writer = match self.state.ai.provider(profile) {
+            None => Writer::Bank {
+                provider: None,
+                reason: "offline",
+            },
+            Some(provider) => match self.state.ai.try_acquire(&self.user_id) {
+                Ok(permit) => Writer::Model { provider, permit },
+                Err(busy) => {
+                    // Never hold an attempt up on a cap: the bank stands in, and says why.
+                    tracing::info!(user_id = %self.user_id, error = %busy, "no slot for the question writer; using the bank");
+                    self.state.metrics.ai_call(
+                        provider.profile(),
+                        question::TASK,
+                        "refused",
+                        None,
+                        None,
+                    );
+                    Writer::Bank {
+                        provider: Some(provider),
+                        reason: "busy",
+                    }
+                }
+            },
+        };
+        self.question_job = Some(QuestionJob {
+            state: self.state.clone(),
+            user_id: self.user_id.clone(),
+            session_id: self.session_id,
+            request_id: request_id.map(str::to_string),
+            writer,
+            turn,
+            assessment_id,
+            test,
+            history,
+            stale: self.stale.clone(),
+        });
+        Ok(())
     }
 
     /// The model's grading the last message asked for, if any: the session runs it in a
@@ -90,6 +185,7 @@ impl Handler {
         if let Some(attempt) = committed.state.in_progress() {
             out.extend(replies::resumed(attempt));
         }
+        self.then_next_question(None).await;
         Ok(out)
     }
 
@@ -172,6 +268,7 @@ impl Handler {
             now: Utc::now(),
         };
         let committed = self.execute(command, request_id).await?;
+        self.then_next_question(request_id).await;
         Ok(replies::for_outcome(&committed))
     }
 
@@ -211,7 +308,10 @@ impl Handler {
             Graded::Offline(command) => command,
         };
         match self.execute(command, request_id).await {
-            Ok(committed) => Ok(replies::for_outcome(&committed)),
+            Ok(committed) => {
+                self.then_next_question(request_id).await;
+                Ok(replies::for_outcome(&committed))
+            }
             // Expired earlier: say so, and how the attempt ended.
             Err(e) if e.code == ErrorCode::TimeExpired => {
                 let mut out = vec![Reply::error(&e)];
@@ -243,9 +343,11 @@ impl Handler {
         else {
             return Ok(Graded::Offline(command));
         };
+        // An adaptive test's answers are graded from their recorded key, offline: its
+        // generated questions are not in the bank the grader's prompt is built from.
         let Some(question) = test
             .question(question_id)
-            .filter(|q| q.kind == QuestionKind::FreeText)
+            .filter(|q| q.kind == QuestionKind::FreeText && test.adaptive_count().is_none())
         else {
             return Ok(Graded::Offline(command));
         };
@@ -330,6 +432,8 @@ impl Handler {
         let attempt = self.find_attempt(assessment_id)?;
         let mut out = replies::for_events(&committed);
         out.extend(replies::where_it_stands(attempt));
+        // An adaptive attempt whose generation was cut off (a restart) gets it again.
+        self.then_next_question(request_id).await;
         Ok(replies::once_per_event(out))
     }
 
@@ -379,9 +483,17 @@ impl Handler {
                     .ai_call(provider.profile(), "chat", "refused", None, None);
                 ClientError::from(busy)
             })?;
+            // A generated question's key is the attempt's, recorded with it.
+            let generated = assessment_id
+                .as_deref()
+                .and_then(|id| self.view.attempt(id))
+                .map(|a| a.generated.as_slice())
+                .unwrap_or_default();
             let key = question.as_ref().and_then(|(q, _)| {
-                test.as_ref()
-                    .and_then(|t| t.question(&q.question_id))
+                generated
+                    .iter()
+                    .find(|g| g.id == q.question_id)
+                    .or_else(|| test.as_ref().and_then(|t| t.question(&q.question_id)))
                     .map(crate::ai::guard::AnswerKey::of)
             });
             self.chat_job = Some(ChatJob {

@@ -7,10 +7,13 @@
 //! - [`chat`]: an AI tutor reply, streamed (`AGENT_*`), guarded and recorded.
 //! - [`feedback`]: a model grading a free-text answer, streamed (`AGENT_*`) and recorded
 //!   with the answer, or graded offline when the model fails.
+//! - [`question`]: a model writing the next question of an adaptive test, streamed
+//!   (`AGENT_*`) and recorded with its key, or the next bank question when it fails.
 
 pub mod chat;
 pub mod feedback;
 pub mod handlers;
 pub mod protocol;
+pub mod question;
 pub mod replies;
 pub mod session;

@@ -208,12 +208,14 @@ pub enum ServerMessage {
 }
 
 /// What slow AI work an `AGENT_*` message is about (PROTOCOL section 2.3): the tutor's
-/// chat reply, or a model grading a free-text answer; `question` comes with adaptive tests.
+/// chat reply, a model grading a free-text answer, or a model writing the next question of
+/// an adaptive test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentTask {
     Chat,
     Feedback,
+    Question,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -59,6 +59,7 @@ pub fn for_outcome(committed: &Committed) -> Vec<Reply> {
         | Outcome::Answered { .. }
         | Outcome::Chatted
         | Outcome::Ended { .. }
+        | Outcome::Presented { .. }
         | Outcome::Checked => replies.extend(for_events(committed)),
     }
     once_per_event(replies)

@@ -235,6 +235,7 @@ impl Session {
                 if let Err(end) = self.send_all(replies).await {
                     return end;
                 }
+                self.spawn_question();
             }
             Err(e) => {
                 let _ = self.send_all(vec![Reply::error(&e)]).await;
@@ -345,7 +346,21 @@ impl Session {
             };
             self.state.sessions.spawn(job.run(outbox));
         }
+        self.spawn_question();
         sent
+    }
+
+    /// Runs the next question's generation the handler prepared, if any: like a grading,
+    /// not aborted with the socket (it belongs to the stream), and waited for at shutdown.
+    fn spawn_question(&mut self) {
+        if let Some(job) = self.handler.take_question() {
+            let outbox = WeakOutbox {
+                out: self.out.downgrade(),
+                state: self.state.clone(),
+                request_id: self.request_id.clone(),
+            };
+            self.state.sessions.spawn(job.run(outbox));
+        }
     }
 
     fn outbox(&self) -> Outbox {

@@ -40,6 +40,8 @@ pub(crate) enum Mode {
     Slow,
     /// Streams the deltas after waiting this long.
     Delayed(Duration, Vec<&'static str>),
+    /// Request n (from 0) gets reply n as one delta; later requests get the last one.
+    Each(Vec<&'static str>),
 }
 
 pub(crate) struct Fake {
@@ -87,6 +89,10 @@ async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
             tokio::time::sleep(wait).await;
             sse(&deltas)
         }
+        Mode::Each(replies) => match replies.get(n).or(replies.last()) {
+            Some(reply) => sse(&[reply]),
+            None => sse(&[]),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod ai;
+mod ai_adaptive;
 mod ai_feedback;
 mod audit;
 mod bad_input;

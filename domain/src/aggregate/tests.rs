@@ -809,3 +809,290 @@ fn ending_an_overdue_attempt_records_the_expiry_and_says_it_was_too_late() {
         }]
     ));
 }
+
+// ---- adaptive tests -------------------------------------------------------------------
+
+/// The Rust test made adaptive: three questions, each worth one point.
+fn adaptive_test() -> Arc<TestDefinition> {
+    let mut t = (*rust_test()).clone();
+    t.ai = serde_json::from_str(r#"{"adaptive":true,"question_count":3,"topic":"Rust"}"#).unwrap();
+    Arc::new(t)
+}
+
+fn generated_q(answer: &str) -> crate::events::GeneratedQuestion {
+    crate::events::GeneratedQuestion {
+        kind: crate::test_definition::QuestionKind::SingleChoice,
+        prompt: "Which type is moved, not copied?".into(),
+        choices: vec![
+            PresentedChoice {
+                id: "a".into(),
+                text: "String".into(),
+            },
+            PresentedChoice {
+                id: "b".into(),
+                text: "i32".into(),
+            },
+        ],
+        key: crate::events::GeneratedKey {
+            answer: Some(crate::test_definition::AnswerKey::One(answer.into())),
+            keywords: Vec::new(),
+            explanation: Some("Heap data moves.".into()),
+        },
+    }
+}
+
+fn present(outcome: GenerationOutcome, now: DateTime<Utc>) -> UserCommand {
+    UserCommand::PresentQuestion {
+        assessment_id: "a1".into(),
+        test: adaptive_test(),
+        generation: Box::new(QuestionGeneration {
+            provider_profile: Some("default".into()),
+            model: Some("m1".into()),
+            usage: None,
+            outcome,
+        }),
+        now,
+    }
+}
+
+fn adaptive_submit(question: &str, answer: Answer, now: DateTime<Utc>) -> UserCommand {
+    UserCommand::SubmitAnswer {
+        assessment_id: "a1".into(),
+        question_id: question.into(),
+        answer,
+        test: adaptive_test(),
+        grading: None,
+        now,
+    }
+}
+
+fn fallback(reason: &str) -> GenerationOutcome {
+    GenerationOutcome::Fallback {
+        reason: reason.into(),
+    }
+}
+
+#[test]
+fn an_adaptive_attempt_counts_its_questions_and_waits_for_the_first() {
+    let events = events_of(&[], start(&adaptive_test(), "a1", t0()));
+    assert_eq!(events.len(), 1, "{events:?}");
+    let UserEvent::AssessmentStarted {
+        total_questions,
+        max_score,
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!((*total_questions, *max_score), (3, 3.0));
+    let mut state = UserStream::default();
+    state.apply(events[0].clone());
+    assert!(state.in_progress().unwrap().awaits_question());
+}
+
+#[test]
+fn a_generated_question_is_recorded_with_its_key_once_and_graded_by_it() {
+    let given = events_of(&[], start(&adaptive_test(), "a1", t0()));
+    let presented = events_of(
+        &given,
+        present(GenerationOutcome::Generated(generated_q("a")), at(1)),
+    );
+    let UserEvent::QuestionPresented {
+        question,
+        source,
+        generated,
+        ..
+    } = &presented[0]
+    else {
+        panic!("{presented:?}")
+    };
+    assert_eq!(
+        (question.question_id.as_str(), question.position),
+        ("ai-1", 1)
+    );
+    assert_eq!((source.as_str(), question.points), ("m1", 1.0));
+    assert!(generated.key.is_some() && generated.fallback.is_none());
+
+    let mut given = given;
+    given.extend(presented.clone());
+    // A second generation for the same position presents nothing.
+    assert!(events_of(
+        &given,
+        present(GenerationOutcome::Generated(generated_q("b")), at(2))
+    )
+    .is_empty());
+
+    // Graded from the recorded key alone.
+    let answered = events_of(&given, adaptive_submit("ai-1", text("a"), at(3)));
+    assert!(
+        matches!(&answered[1], UserEvent::FeedbackGiven { correct: true, score, .. } if *score == 1.0),
+        "{answered:?}"
+    );
+    assert_eq!(
+        answered.len(),
+        2,
+        "waits for the next question: {answered:?}"
+    );
+}
+
+#[test]
+fn a_fallback_presents_the_next_unused_bank_question_then_the_bank_runs_out() {
+    let mut given = events_of(&[], start(&adaptive_test(), "a1", t0()));
+    // Questions 1 and 2 from the bank (q1 worth 1 point here, q2 too), q3 is generated.
+    let first = events_of(&given, present(fallback("timeout"), at(1)));
+    let UserEvent::QuestionPresented {
+        question,
+        generated,
+        source,
+        ..
+    } = &first[0]
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        (question.question_id.as_str(), source.as_str()),
+        ("q1", QUESTION_BANK)
+    );
+    assert_eq!(generated.fallback.as_deref(), Some("timeout"));
+    given.extend(first);
+    given.extend(events_of(&given, adaptive_submit("q1", text("b"), at(2))));
+    given.extend(events_of(
+        &given,
+        present(fallback("invalid_output"), at(3)),
+    ));
+    let answered = events_of(
+        &given,
+        adaptive_submit("q2", Answer::Choices(vec!["a".into(), "c".into()]), at(4)),
+    );
+    assert!(
+        matches!(&answered[1], UserEvent::FeedbackGiven { max_score, .. } if *max_score == 1.0)
+    );
+    given.extend(answered);
+
+    // A bank with one question to go, and one question to ask: q3; with none left the
+    // attempt completes.
+    let mut short = (*adaptive_test()).clone();
+    short.questions.truncate(2);
+    let command = UserCommand::PresentQuestion {
+        assessment_id: "a1".into(),
+        test: Arc::new(short),
+        generation: Box::new(QuestionGeneration {
+            provider_profile: None,
+            model: None,
+            usage: None,
+            outcome: fallback("offline"),
+        }),
+        now: at(5),
+    };
+    // The short test is another definition than the attempt's: refused as inconsistent.
+    assert!(UserStream::default().decide(command).is_err());
+    let last = events_of(&given, present(fallback("error"), at(5)));
+    let UserEvent::QuestionPresented { question, .. } = &last[0] else {
+        panic!("{last:?}")
+    };
+    assert_eq!(question.question_id, "q3");
+    given.extend(last);
+    let done = events_of(
+        &given,
+        adaptive_submit("q3", text("ownership and borrow"), at(6)),
+    );
+    assert!(
+        matches!(done.last(), Some(UserEvent::AssessmentCompleted { max_score, .. }) if *max_score == 3.0),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn an_adaptive_attempt_completes_when_its_bank_is_used_up() {
+    let mut t = (*adaptive_test()).clone();
+    t.questions.truncate(1);
+    let t = Arc::new(t);
+    let mut given = events_of(&[], start(&t, "a1", t0()));
+    let with = |outcome| UserCommand::PresentQuestion {
+        assessment_id: "a1".into(),
+        test: t.clone(),
+        generation: Box::new(QuestionGeneration {
+            provider_profile: None,
+            model: None,
+            usage: None,
+            outcome,
+        }),
+        now: at(1),
+    };
+    given.extend(events_of(&given, with(fallback("offline"))));
+    given.extend(events_of(
+        &given,
+        UserCommand::SubmitAnswer {
+            assessment_id: "a1".into(),
+            question_id: "q1".into(),
+            answer: text("b"),
+            test: t.clone(),
+            grading: None,
+            now: at(2),
+        },
+    ));
+    let done = events_of(&given, with(fallback("offline")));
+    assert!(
+        matches!(
+            done.as_slice(),
+            [UserEvent::AssessmentCompleted {
+                reason: CompletionReason::AllAnswered,
+                ..
+            }]
+        ),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_generated_question_never_takes_a_bank_id() {
+    let mut t = (*adaptive_test()).clone();
+    t.questions[0].id = "ai-1".into();
+    let t = Arc::new(t);
+    let given = events_of(&[], start(&t, "a1", t0()));
+    let command = UserCommand::PresentQuestion {
+        assessment_id: "a1".into(),
+        test: t.clone(),
+        generation: Box::new(QuestionGeneration {
+            provider_profile: None,
+            model: Some("m1".into()),
+            usage: None,
+            outcome: GenerationOutcome::Generated(generated_q("a")),
+        }),
+        now: at(1),
+    };
+    let presented = events_of(&given, command);
+    let UserEvent::QuestionPresented { question, .. } = &presented[0] else {
+        panic!("{presented:?}")
+    };
+    assert_eq!(question.question_id, "ai-1x");
+}
+
+#[test]
+fn a_bank_question_event_is_stored_as_before_and_a_generated_one_carries_its_key() {
+    // Written byte for byte as before the AI fields existed, so old hash chains verify.
+    let json = r#"{"QuestionPresented":{"assessment_id":"a1","test_id":"rust","question":{"question_id":"q1","position":1,"kind":"single_choice","prompt":"Which keyword declares a constant?","choices":[{"id":"a","text":"let"},{"id":"b","text":"const"}],"points":1.0},"source":"question_bank","presented_at":"2026-01-01T09:00:00Z"}}"#;
+    let event: UserEvent = serde_json::from_str(json).unwrap();
+    assert!(
+        matches!(&event, UserEvent::QuestionPresented { generated, .. } if *generated == QuestionProvenance::default())
+    );
+    assert_eq!(serde_json::to_string(&event).unwrap(), json);
+    // And an ordinary test still writes exactly that.
+    let started = events_of(&[], start(&rust_test(), "a1", t0()));
+    assert_eq!(serde_json::to_string(&started[1]).unwrap(), json);
+
+    let given = events_of(&[], start(&adaptive_test(), "a1", t0()));
+    let presented = events_of(
+        &given,
+        present(GenerationOutcome::Generated(generated_q("a")), at(1)),
+    )
+    .remove(0);
+    let value = serde_json::to_value(&presented).unwrap();
+    let payload = &value["QuestionPresented"];
+    assert_eq!(payload["key"]["answer"], "a");
+    assert_eq!(payload["model"], "m1");
+    assert!(payload.get("fallback").is_none(), "{payload}");
+    assert!(payload["question"].get("answer").is_none(), "{payload}");
+    let back: UserEvent = serde_json::from_value(value).unwrap();
+    assert_eq!(back, presented);
+}

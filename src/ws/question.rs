@@ -1,0 +1,265 @@
+//! A model writing the next question of an adaptive test, in a task of its own that
+//! belongs to the user's stream, not to the socket that asked for it.
+//!
+//! `AGENT_STARTED {task: "question"}`, then `AGENT_THINKING` progress marks (`writing…`,
+//! then `.` at most once a second: the reply is JSON, not text for the page), then
+//! `AGENT_COMPLETED`, then the recorded `QUESTION`. The job holds the user's turn of
+//! [`crate::ai::inflight`] from before it was decided until the question is recorded, so
+//! every other command of the user (a reconnect's greeting, GET_QUESTION, the deadline
+//! timer) waits for it and sees the question; and `PresentQuestion` presents nothing when
+//! the position already has its question, so no path produces a second one. A timeout, a
+//! failed call, a reply unusable twice, no free slot or no configured provider present
+//! the next bank question instead, with the reason recorded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use domain::{
+    Answer, Attempt, GenerationOutcome, QuestionGeneration, TestDefinition, TokenUsage, UserCommand,
+};
+
+use super::feedback::{add, agent, ask, send};
+use super::protocol::{AgentTask, ServerMessage};
+use super::replies::{self, Reply};
+use super::session::WeakOutbox;
+use crate::ai::inflight::GradingTurn;
+use crate::ai::questions::{self, Asked, QuestionError};
+use crate::ai::{AiError, AiProvider, Permit};
+use crate::commands::{self, Origin};
+use crate::state::AppState;
+
+/// The task label of `/metrics` for question generation.
+pub const TASK: &str = "question";
+
+/// Who writes the next question.
+pub enum Writer {
+    /// The model, in the slot `permit`.
+    Model {
+        provider: Arc<dyn AiProvider>,
+        permit: Permit,
+    },
+    /// Nobody: the bank stands in at once, for `reason` (`offline` when the test has no
+    /// provider, `busy` when no slot is free), recorded with the profile if there is one.
+    Bank {
+        provider: Option<Arc<dyn AiProvider>>,
+        reason: &'static str,
+    },
+}
+
+/// Everything one generation needs, gathered by the handler before the task starts.
+pub struct QuestionJob {
+    pub state: AppState,
+    pub user_id: String,
+    pub session_id: uuid::Uuid,
+    pub request_id: Option<String>,
+    pub writer: Writer,
+    /// Held until the question is recorded: the user's other commands wait for it.
+    pub turn: GradingTurn,
+    pub assessment_id: String,
+    pub test: Arc<TestDefinition>,
+    /// The instructions' user message: topic, position and the answers so far.
+    pub history: String,
+    /// Set once the question is recorded: the session's cached view is behind.
+    pub stale: Arc<AtomicBool>,
+}
+
+enum Call {
+    Read(domain::GeneratedQuestion),
+    Unusable(QuestionError),
+    Failed(AiError),
+}
+
+impl QuestionJob {
+    /// Generates and records. The client may be gone at any point: then nothing more is
+    /// sent, but the question is still recorded for the next connection.
+    pub async fn run(mut self, outbox: WeakOutbox) {
+        let mut client = Some(outbox);
+        let writer = std::mem::replace(
+            &mut self.writer,
+            Writer::Bank {
+                provider: None,
+                reason: "offline",
+            },
+        );
+        let (generation, permit) = match writer {
+            Writer::Model { provider, permit } => {
+                send(
+                    &mut client,
+                    vec![agent(ServerMessage::AgentStarted {
+                        task: AgentTask::Question,
+                    })],
+                )
+                .await;
+                let generation = self.generate(&*provider, &mut client).await;
+                send(
+                    &mut client,
+                    vec![agent(ServerMessage::AgentCompleted {
+                        task: AgentTask::Question,
+                    })],
+                )
+                .await;
+                (generation, Some(permit))
+            }
+            Writer::Bank { provider, reason } => {
+                if let Some(p) = &provider {
+                    self.state.metrics.ai_fallback(p.profile(), TASK);
+                }
+                let generation = QuestionGeneration {
+                    provider_profile: provider.as_ref().map(|p| p.profile().to_string()),
+                    model: provider.as_ref().map(|p| p.model().to_string()),
+                    usage: None,
+                    outcome: GenerationOutcome::Fallback {
+                        reason: reason.to_string(),
+                    },
+                };
+                (generation, None)
+            }
+        };
+        let command = UserCommand::PresentQuestion {
+            assessment_id: self.assessment_id.clone(),
+            test: self.test.clone(),
+            generation: Box::new(generation),
+            now: Utc::now(),
+        };
+        let origin = Origin::Graded {
+            session_id: self.session_id,
+            request_id: self.request_id.clone(),
+        };
+        let result = commands::execute(&self.state, &self.user_id, command, &origin).await;
+        self.stale.store(true, Ordering::Release);
+        // Recorded (or refused): the user's other commands may go on.
+        drop(self.turn);
+        drop(permit);
+        let replies = match result {
+            Ok(committed) => replies::for_outcome(&committed),
+            Err(e) => {
+                tracing::error!(user_id = %self.user_id, error = %e, "a generated question could not be recorded");
+                vec![Reply::error(&e.into())]
+            }
+        };
+        send(&mut client, replies).await;
+    }
+
+    /// Asks the model, once more if its reply is unusable; what to record either way.
+    async fn generate(
+        &self,
+        provider: &dyn AiProvider,
+        client: &mut Option<WeakOutbox>,
+    ) -> QuestionGeneration {
+        let profile = provider.profile().to_string();
+        let system = questions::system_prompt();
+        let mut usage: Option<TokenUsage> = None;
+        let mut outcome = GenerationOutcome::Fallback {
+            reason: "error".into(),
+        };
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let mut call_usage = None;
+            let call = match tokio::time::timeout(
+                self.state.ai.timeout,
+                ask(
+                    provider,
+                    (&system, &self.history),
+                    (AgentTask::Question, "writing…"),
+                    &mut call_usage,
+                    client,
+                ),
+            )
+            .await
+            {
+                Err(_) => Call::Failed(AiError::Timeout(self.state.ai.timeout)),
+                Ok(Err(e)) => Call::Failed(e),
+                Ok(Ok(text)) => match questions::parse(&text) {
+                    Ok(q) => Call::Read(q),
+                    Err(e) => Call::Unusable(e),
+                },
+            };
+            usage = add(usage, call_usage);
+            let took = Some(started.elapsed());
+            match call {
+                Call::Read(q) => {
+                    self.state
+                        .metrics
+                        .ai_call(&profile, TASK, "ok", took, call_usage);
+                    outcome = GenerationOutcome::Generated(q);
+                    break;
+                }
+                Call::Unusable(e) => {
+                    tracing::warn!(user_id = %self.user_id, %profile, attempt, error = %e, "the model's question was unusable");
+                    self.state
+                        .metrics
+                        .ai_call(&profile, TASK, "invalid_output", took, call_usage);
+                    outcome = GenerationOutcome::Fallback {
+                        reason: "invalid_output".into(),
+                    };
+                }
+                Call::Failed(e) => {
+                    // The provider already retried 429 and 5xx; a timeout used the budget.
+                    tracing::warn!(user_id = %self.user_id, %profile, error = %e, "the question writer failed");
+                    self.state
+                        .metrics
+                        .ai_call(&profile, TASK, e.outcome(), took, call_usage);
+                    outcome = GenerationOutcome::Fallback {
+                        reason: e.outcome().to_string(),
+                    };
+                    break;
+                }
+            }
+        }
+        if matches!(outcome, GenerationOutcome::Fallback { .. }) {
+            self.state.metrics.ai_fallback(&profile, TASK);
+        }
+        QuestionGeneration {
+            provider_profile: Some(profile),
+            model: Some(provider.model().to_string()),
+            usage,
+            outcome,
+        }
+    }
+}
+
+/// The model's user message for the next question of `attempt`: the test's topic (its
+/// title when it names none), the position, and each earlier question with the user's
+/// answer and how it was graded.
+pub fn history(attempt: &Attempt, test: &TestDefinition) -> String {
+    let topic = test
+        .ai
+        .as_ref()
+        .and_then(|ai| ai.topic.as_deref())
+        .unwrap_or(&test.title);
+    let asked: Vec<Asked> = attempt
+        .answers
+        .iter()
+        .map(|a| {
+            let prompt = attempt
+                .generated
+                .iter()
+                .find(|q| q.id == a.question_id)
+                .or_else(|| test.question(&a.question_id))
+                .map(|q| q.prompt.clone())
+                .unwrap_or_default();
+            let answer = match &a.answer {
+                Answer::Text(text) => text.clone(),
+                Answer::Choices(ids) => ids.join(", "),
+            };
+            let result = match &a.feedback {
+                Some(f) if f.correct => "correct",
+                Some(f) if f.score > 0.0 => "partly correct",
+                _ => "wrong",
+            };
+            Asked {
+                prompt,
+                answer,
+                result,
+            }
+        })
+        .collect();
+    questions::history(
+        topic,
+        attempt.answered() + 1,
+        attempt.total_questions,
+        &asked,
+    )
+}
