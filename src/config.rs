@@ -331,7 +331,7 @@ pub struct Settings {
     pub snapshot_every: usize,
     pub shutdown_grace: Duration,
     /// The node's heartbeat ([`crate::nodes`]).
-    pub membership: crate::nodes::Membership,
+    pub membership: Membership,
     /// Load the demo test when it is not in the catalog yet.
     pub load_demo: bool,
     /// `POST /api/dev/token` mints tokens: only when tokens are verified with the generated
@@ -340,6 +340,14 @@ pub struct Settings {
     pub dev_sign_in: bool,
     /// The AI provider; offline by default.
     pub ai: crate::ai::AiConfig,
+}
+
+/// How often a node records that it is alive ([`crate::nodes`]), and how long after its
+/// last heartbeat the others count it gone.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    pub every: Duration,
+    pub lease: Duration,
 }
 
 /// Per-connection limits of the WebSocket server.
@@ -386,7 +394,7 @@ impl Settings {
             db_pool: defaults::DB_POOL,
             snapshot_every: defaults::SNAPSHOT_EVERY,
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
-            membership: crate::nodes::Membership {
+            membership: Membership {
                 every: Duration::from_millis(defaults::HEARTBEAT_MS),
                 lease: Duration::from_millis(defaults::NODE_LEASE_MS),
             },

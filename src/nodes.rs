@@ -1,5 +1,5 @@
 //! Which server processes share the database: each node beats its row in `nodes` every
-//! [`Membership::every`] with its live socket count, and a node whose last beat is older
+//! [`Membership::every`](crate::config::Membership) with its live socket count, and a node whose last beat is older
 //! than the lease is gone (killed, cut off, or stopped without saying so). A node that
 //! stops cleanly deletes its row. `GET /api/admin/connections` on any node lists the live
 //! ones from here (docs/protocol.md, section 7).
@@ -12,15 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::Membership;
 use crate::state::AppState;
 use crate::store::{Database, StoreError};
-
-/// How often a node beats, and how long after its last beat it counts as gone.
-#[derive(Debug, Clone, Copy)]
-pub struct Membership {
-    pub every: Duration,
-    pub lease: Duration,
-}
 
 /// A live node as its last heartbeat left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +123,7 @@ pub async fn leave(db: &Database, node_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Beats this node's row every [`Membership::every`] until `stop`, then leaves. A failed
+/// Beats this node's row every `state.membership.every` until `stop`, then leaves. A failed
 /// beat (the database is away) is logged and tried again at the next one: the node's
 /// sockets do not depend on it.
 pub async fn run(state: AppState, stop: CancellationToken) {

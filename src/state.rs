@@ -31,7 +31,7 @@ pub struct Shared {
     pub limits: Limits,
     pub node_id: String,
     /// How often this node beats its row in `nodes`, and how long others wait for one.
-    pub membership: crate::nodes::Membership,
+    pub membership: crate::config::Membership,
     /// The server verifies tokens with the generated development secret, so the pages may
     /// ask it to mint one (`POST /api/dev/token`).
     pub dev_sign_in: bool,

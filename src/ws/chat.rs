@@ -15,9 +15,9 @@ use domain::{AiProvenance, PresentedQuestion, TokenUsage, UserCommand};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
+use super::outbox::{Gone, Outbox};
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
-use super::session::{Gone, Outbox};
 use crate::ai::guard::{AnswerKey, Step, StreamGuard, SAFE_REPLY};
 use crate::ai::{self, AiError, AiProvider, Permit};
 use crate::commands::{self, Origin};

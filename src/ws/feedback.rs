@@ -24,9 +24,9 @@ use domain::{AiGrading, AiVerdict, Answer, TestDefinition, TokenUsage, UserComma
 use futures_util::StreamExt;
 use uuid::Uuid;
 
+use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
-use super::session::WeakOutbox;
 use crate::ai::grader::{self, Verdict};
 use crate::ai::inflight::GradingTurn;
 use crate::ai::{AiError, AiProvider, Permit};

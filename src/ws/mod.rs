@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: the wire messages, parsed strictly enough to name what is wrong.
 //! - [`session`]: one socket: the reader and writer tasks, flow control, timers.
+//! - [`outbox`]: the queue into a socket's writer, shared by its session and model tasks.
 //! - [`handlers`]: what each client message does, through the one command path.
 //! - [`replies`]: the messages a client is told, built from outcomes and events.
 //! - [`chat`]: an AI tutor reply, streamed (`AGENT_*`), guarded and recorded.
@@ -13,6 +14,7 @@
 pub mod chat;
 pub mod feedback;
 pub mod handlers;
+pub mod outbox;
 pub mod protocol;
 pub mod question;
 pub mod replies;

@@ -21,9 +21,9 @@ use domain::{
 };
 
 use super::feedback::{add, agent, ask, send};
+use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
-use super::session::WeakOutbox;
 use crate::ai::inflight::GradingTurn;
 use crate::ai::questions::{self, Asked, QuestionError};
 use crate::ai::{AiError, AiProvider, Permit};

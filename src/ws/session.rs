@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::handlers::Handler;
-use super::protocol::{self, Outgoing, ServerMessage};
+use super::outbox::{Outbound, Outbox};
+use super::protocol::{self, ServerMessage};
 use super::replies::Reply;
 use crate::auth::Identity;
 use crate::error::{ClientError, ErrorCode};
@@ -44,14 +45,6 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const REPLACED: u16 = 4001;
     pub const IDLE: u16 = 4008;
-}
-
-/// What the reader hands the writer.
-#[derive(Debug)]
-enum Outbound {
-    Frame(Message),
-    /// Send this close frame, then stop.
-    Close(u16, &'static str),
 }
 
 /// Why the reader loop ended.
@@ -146,68 +139,6 @@ where
         }
     }
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-}
-
-/// Queues server messages for one client, echoing one `request_id`: what the session and
-/// its chat task share.
-#[derive(Clone)]
-pub struct Outbox {
-    out: mpsc::Sender<Outbound>,
-    state: AppState,
-    request_id: Option<String>,
-}
-
-/// An [`Outbox`] that does not keep the connection's queue open: a task that outlives
-/// the session (a grading) reaches the client while the session lives, and lets its writer
-/// finish as soon as the session ends.
-pub struct WeakOutbox {
-    out: mpsc::WeakSender<Outbound>,
-    state: AppState,
-    request_id: Option<String>,
-}
-
-impl WeakOutbox {
-    /// The outbox, while the session that owns the queue lives.
-    pub fn upgrade(&self) -> Option<Outbox> {
-        Some(Outbox {
-            out: self.out.upgrade()?,
-            state: self.state.clone(),
-            request_id: self.request_id.clone(),
-        })
-    }
-}
-
-/// The client is gone: nothing more can reach it.
-#[derive(Debug)]
-pub struct Gone;
-
-impl Outbox {
-    /// Queues `replies` in order, waiting for room.
-    pub async fn send(&self, replies: Vec<Reply>) -> Result<(), Gone> {
-        for Reply { message, seq } in replies {
-            if let ServerMessage::Error { code, .. } = &message {
-                self.state.metrics.error(code.as_str());
-            }
-            let frame = Outgoing {
-                message: &message,
-                seq,
-                request_id: self.request_id.as_deref(),
-            };
-            let text = match serde_json::to_string(&frame) {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::error!(error = %e, "failed to encode a server message");
-                    continue;
-                }
-            };
-            self.state.metrics.message_out(message.kind());
-            self.out
-                .send(Outbound::Frame(Message::Text(text.into())))
-                .await
-                .map_err(|_| Gone)?;
-        }
-        Ok(())
-    }
 }
 
 struct Session {
@@ -339,12 +270,9 @@ impl Session {
         if let Some(job) = self.handler.take_feedback() {
             // Not aborted with the socket: the answer is graded and recorded whoever is
             // connected, and shutdown waits for it like for a session.
-            let outbox = WeakOutbox {
-                out: self.out.downgrade(),
-                state: self.state.clone(),
-                request_id: self.request_id.clone(),
-            };
-            self.state.sessions.spawn(job.run(outbox));
+            self.state
+                .sessions
+                .spawn(job.run(self.outbox().downgrade()));
         }
         self.spawn_question();
         sent
@@ -354,21 +282,18 @@ impl Session {
     /// not aborted with the socket (it belongs to the stream), and waited for at shutdown.
     fn spawn_question(&mut self) {
         if let Some(job) = self.handler.take_question() {
-            let outbox = WeakOutbox {
-                out: self.out.downgrade(),
-                state: self.state.clone(),
-                request_id: self.request_id.clone(),
-            };
-            self.state.sessions.spawn(job.run(outbox));
+            self.state
+                .sessions
+                .spawn(job.run(self.outbox().downgrade()));
         }
     }
 
     fn outbox(&self) -> Outbox {
-        Outbox {
-            out: self.out.clone(),
-            state: self.state.clone(),
-            request_id: self.request_id.clone(),
-        }
+        Outbox::new(
+            self.out.clone(),
+            self.state.clone(),
+            self.request_id.clone(),
+        )
     }
 
     async fn on_binary(&mut self) -> Result<(), End> {

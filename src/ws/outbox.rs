@@ -1,0 +1,101 @@
+//! The queue between a connection's producers (its session, and the model tasks that
+//! belong to its user's stream) and its writer: server messages go in as frames echoing
+//! the `request_id` of the message they answer, in order, waiting for room.
+
+use axum::extract::ws::Message;
+use tokio::sync::mpsc;
+
+use super::protocol::{Outgoing, ServerMessage};
+use super::replies::Reply;
+use crate::state::AppState;
+
+/// What the reader hands the writer.
+#[derive(Debug)]
+pub(super) enum Outbound {
+    Frame(Message),
+    /// Send this close frame, then stop.
+    Close(u16, &'static str),
+}
+
+/// Queues server messages for one client, echoing one `request_id`: what the session and
+/// its model tasks share.
+#[derive(Clone)]
+pub struct Outbox {
+    out: mpsc::Sender<Outbound>,
+    state: AppState,
+    request_id: Option<String>,
+}
+
+/// An [`Outbox`] that does not keep the connection's queue open: a task that outlives
+/// the session (a grading) reaches the client while the session lives, and lets its writer
+/// finish as soon as the session ends.
+pub struct WeakOutbox {
+    out: mpsc::WeakSender<Outbound>,
+    state: AppState,
+    request_id: Option<String>,
+}
+
+impl WeakOutbox {
+    /// The outbox, while the session that owns the queue lives.
+    pub fn upgrade(&self) -> Option<Outbox> {
+        Some(Outbox {
+            out: self.out.upgrade()?,
+            state: self.state.clone(),
+            request_id: self.request_id.clone(),
+        })
+    }
+}
+
+/// The client is gone: nothing more can reach it.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Outbox {
+    pub(super) fn new(
+        out: mpsc::Sender<Outbound>,
+        state: AppState,
+        request_id: Option<String>,
+    ) -> Self {
+        Outbox {
+            out,
+            state,
+            request_id,
+        }
+    }
+
+    /// This outbox without a hold on the queue (see [`WeakOutbox`]).
+    pub fn downgrade(&self) -> WeakOutbox {
+        WeakOutbox {
+            out: self.out.downgrade(),
+            state: self.state.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// Queues `replies` in order, waiting for room.
+    pub async fn send(&self, replies: Vec<Reply>) -> Result<(), Gone> {
+        for Reply { message, seq } in replies {
+            if let ServerMessage::Error { code, .. } = &message {
+                self.state.metrics.error(code.as_str());
+            }
+            let frame = Outgoing {
+                message: &message,
+                seq,
+                request_id: self.request_id.as_deref(),
+            };
+            let text = match serde_json::to_string(&frame) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::error!(error = %e, "failed to encode a server message");
+                    continue;
+                }
+            };
+            self.state.metrics.message_out(message.kind());
+            self.out
+                .send(Outbound::Frame(Message::Text(text.into())))
+                .await
+                .map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
