@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
-use crate::ai::grader::{self, Verdict};
+use crate::ai::grader;
 use crate::ai::inflight::GradingTurn;
 use crate::ai::{AiError, AiProvider, Permit};
 use crate::commands::{self, Origin};
@@ -61,13 +61,6 @@ pub struct FeedbackJob {
     pub now: DateTime<Utc>,
     /// Set once the grade is recorded: the session's cached view is behind.
     pub stale: Arc<AtomicBool>,
-}
-
-/// How one model call for the grade ended.
-enum Call {
-    Read(Verdict),
-    Unusable(grader::VerdictError),
-    Failed(AiError),
 }
 
 impl FeedbackJob {
@@ -126,71 +119,23 @@ impl FeedbackJob {
             Answer::Text(text) => text.clone(),
             Answer::Choices(ids) => ids.join(", "),
         };
-        let mut usage: Option<TokenUsage> = None;
-        let mut verdict = None;
-        for attempt in 0..2 {
-            let started = Instant::now();
-            let mut call_usage = None;
-            let call = match tokio::time::timeout(
-                self.state.ai.timeout,
-                ask(
-                    &*self.provider,
-                    (&system, &user),
-                    (AgentTask::Feedback, "grading…"),
-                    &mut call_usage,
-                    client,
-                ),
-            )
-            .await
-            {
-                Err(_) => Call::Failed(AiError::Timeout(self.state.ai.timeout)),
-                Ok(Err(e)) => Call::Failed(e),
-                Ok(Ok(text)) => match grader::parse(&text) {
-                    Ok(v) => Call::Read(v),
-                    Err(e) => Call::Unusable(e),
-                },
-            };
-            usage = add(usage, call_usage);
-            let took = Some(started.elapsed());
-            match call {
-                Call::Read(v) => {
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, "ok", took, call_usage);
-                    verdict = Some(AiVerdict::Graded {
-                        score: v.score,
-                        feedback: v.feedback,
-                    });
-                    break;
-                }
-                Call::Unusable(e) => {
-                    tracing::warn!(user_id = %self.user_id, %profile, attempt, error = %e, "the model's grade was unusable");
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, "invalid_output", took, call_usage);
-                    verdict = Some(AiVerdict::Fallback {
-                        reason: "invalid_output".into(),
-                    });
-                }
-                Call::Failed(e) => {
-                    // The provider already retried 429 and 5xx; a timeout used the budget.
-                    tracing::warn!(user_id = %self.user_id, %profile, error = %e, "the AI grader failed");
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, e.outcome(), took, call_usage);
-                    verdict = Some(AiVerdict::Fallback {
-                        reason: e.outcome().to_string(),
-                    });
-                    break;
-                }
-            }
-        }
-        let verdict = verdict.unwrap_or(AiVerdict::Fallback {
-            reason: "error".into(),
-        });
-        if matches!(verdict, AiVerdict::Fallback { .. }) {
-            self.state.metrics.ai_fallback(&profile, TASK);
-        }
+        let (read, usage) = ask_json(
+            &self.state,
+            &*self.provider,
+            &self.user_id,
+            (&system, &user),
+            (AgentTask::Feedback, TASK, "grading…"),
+            client,
+            grader::parse,
+        )
+        .await;
+        let verdict = match read {
+            Ok(v) => AiVerdict::Graded {
+                score: v.score,
+                feedback: v.feedback,
+            },
+            Err(reason) => AiVerdict::Fallback { reason },
+        };
         AiGrading {
             provider_profile: profile,
             model: self.provider.model().to_string(),
@@ -198,6 +143,64 @@ impl FeedbackJob {
             verdict,
         }
     }
+}
+
+/// Asks the model for a JSON reply read by `parse`, once more if a reply cannot be read,
+/// counting each call in `/metrics` under `task` (`(agent task, metrics label, first
+/// progress mark)`). Gives the value read, or the reason (`invalid_output`, `timeout`,
+/// `error`) the offline path stands in for the model, counted as a fallback; and the
+/// tokens every call used.
+pub(super) async fn ask_json<T, E: std::fmt::Display>(
+    state: &AppState,
+    provider: &dyn AiProvider,
+    user_id: &str,
+    prompt: (&str, &str),
+    (task, label, first): (AgentTask, &str, &str),
+    client: &mut Option<WeakOutbox>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> (Result<T, String>, Option<TokenUsage>) {
+    let profile = provider.profile();
+    let mut usage = None;
+    let mut read = Err("error".to_string());
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let mut call_usage = None;
+        let call = tokio::time::timeout(
+            state.ai.timeout,
+            ask(provider, prompt, (task, first), &mut call_usage, client),
+        )
+        .await
+        .unwrap_or(Err(AiError::Timeout(state.ai.timeout)));
+        usage = add(usage, call_usage);
+        let took = Some(started.elapsed());
+        let outcome = match call.map(|text| parse(&text)) {
+            Ok(Ok(value)) => {
+                read = Ok(value);
+                "ok"
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(user_id, profile, attempt, task = label, error = %e, "the model's reply was unusable");
+                read = Err("invalid_output".into());
+                "invalid_output"
+            }
+            Err(e) => {
+                // The provider already retried 429 and 5xx; a timeout used the budget.
+                tracing::warn!(user_id, profile, task = label, error = %e, "the model call failed");
+                read = Err(e.outcome().into());
+                e.outcome()
+            }
+        };
+        state
+            .metrics
+            .ai_call(profile, label, outcome, took, call_usage);
+        if outcome != "invalid_output" {
+            break;
+        }
+    }
+    if read.is_err() {
+        state.metrics.ai_fallback(profile, label);
+    }
+    (read, usage)
 }
 
 /// One model call for a JSON reply: its whole reply, with progress marks (`first`, then

@@ -13,20 +13,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::Utc;
-use domain::{
-    Answer, Attempt, GenerationOutcome, QuestionGeneration, TestDefinition, TokenUsage, UserCommand,
-};
+use domain::{Answer, Attempt, GenerationOutcome, QuestionGeneration, TestDefinition, UserCommand};
 
-use super::feedback::{add, agent, ask, send};
+use super::feedback::{agent, ask_json, send};
 use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
 use crate::ai::inflight::GradingTurn;
-use crate::ai::questions::{self, Asked, QuestionError};
-use crate::ai::{AiError, AiProvider, Permit};
+use crate::ai::questions::{self, Asked};
+use crate::ai::{AiProvider, Permit};
 use crate::commands::{self, Origin};
 use crate::state::AppState;
 
@@ -63,12 +60,6 @@ pub struct QuestionJob {
     pub history: String,
     /// Set once the question is recorded: the session's cached view is behind.
     pub stale: Arc<AtomicBool>,
-}
-
-enum Call {
-    Read(domain::GeneratedQuestion),
-    Unusable(QuestionError),
-    Failed(AiError),
 }
 
 impl QuestionJob {
@@ -150,67 +141,20 @@ impl QuestionJob {
     ) -> QuestionGeneration {
         let profile = provider.profile().to_string();
         let system = questions::system_prompt();
-        let mut usage: Option<TokenUsage> = None;
-        let mut outcome = GenerationOutcome::Fallback {
-            reason: "error".into(),
+        let (read, usage) = ask_json(
+            &self.state,
+            provider,
+            &self.user_id,
+            (&system, &self.history),
+            (AgentTask::Question, TASK, "writing…"),
+            client,
+            questions::parse,
+        )
+        .await;
+        let outcome = match read {
+            Ok(q) => GenerationOutcome::Generated(q),
+            Err(reason) => GenerationOutcome::Fallback { reason },
         };
-        for attempt in 0..2 {
-            let started = Instant::now();
-            let mut call_usage = None;
-            let call = match tokio::time::timeout(
-                self.state.ai.timeout,
-                ask(
-                    provider,
-                    (&system, &self.history),
-                    (AgentTask::Question, "writing…"),
-                    &mut call_usage,
-                    client,
-                ),
-            )
-            .await
-            {
-                Err(_) => Call::Failed(AiError::Timeout(self.state.ai.timeout)),
-                Ok(Err(e)) => Call::Failed(e),
-                Ok(Ok(text)) => match questions::parse(&text) {
-                    Ok(q) => Call::Read(q),
-                    Err(e) => Call::Unusable(e),
-                },
-            };
-            usage = add(usage, call_usage);
-            let took = Some(started.elapsed());
-            match call {
-                Call::Read(q) => {
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, "ok", took, call_usage);
-                    outcome = GenerationOutcome::Generated(q);
-                    break;
-                }
-                Call::Unusable(e) => {
-                    tracing::warn!(user_id = %self.user_id, %profile, attempt, error = %e, "the model's question was unusable");
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, "invalid_output", took, call_usage);
-                    outcome = GenerationOutcome::Fallback {
-                        reason: "invalid_output".into(),
-                    };
-                }
-                Call::Failed(e) => {
-                    // The provider already retried 429 and 5xx; a timeout used the budget.
-                    tracing::warn!(user_id = %self.user_id, %profile, error = %e, "the question writer failed");
-                    self.state
-                        .metrics
-                        .ai_call(&profile, TASK, e.outcome(), took, call_usage);
-                    outcome = GenerationOutcome::Fallback {
-                        reason: e.outcome().to_string(),
-                    };
-                    break;
-                }
-            }
-        }
-        if matches!(outcome, GenerationOutcome::Fallback { .. }) {
-            self.state.metrics.ai_fallback(&profile, TASK);
-        }
         QuestionGeneration {
             provider_profile: Some(profile),
             model: Some(provider.model().to_string()),
