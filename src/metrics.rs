@@ -44,13 +44,9 @@ pub struct AiTaskLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProfileLabel {
-    pub profile: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabel {
     pub profile: String,
+    pub task: String,
     /// `prompt` or `completion`.
     pub kind: String,
 }
@@ -65,7 +61,7 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
     pub refused_connections: Counter<u64, AtomicU64>,
     pub ai_calls: Family<AiCallLabel, Counter<u64, AtomicU64>>,
-    pub ai_call_seconds: Family<ProfileLabel, Histogram>,
+    pub ai_call_seconds: Family<AiTaskLabel, Histogram>,
     pub ai_tokens: Family<TokenLabel, Counter<u64, AtomicU64>>,
     pub ai_fallbacks: Family<AiTaskLabel, Counter<u64, AtomicU64>>,
 }
@@ -119,7 +115,7 @@ impl Metrics {
             "Model calls, by provider profile, task and outcome",
             ai_calls.clone(),
         );
-        let ai_call_seconds = Family::<ProfileLabel, Histogram>::new_with_constructor(|| {
+        let ai_call_seconds = Family::<AiTaskLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.05, 2.0, 12))
         });
         registry.register(
@@ -173,8 +169,9 @@ impl Metrics {
             .inc();
         if let Some(took) = took {
             self.ai_call_seconds
-                .get_or_create(&ProfileLabel {
+                .get_or_create(&AiTaskLabel {
                     profile: profile.to_string(),
+                    task: task.to_string(),
                 })
                 .observe(took.as_secs_f64());
         }
@@ -186,6 +183,7 @@ impl Metrics {
                 self.ai_tokens
                     .get_or_create(&TokenLabel {
                         profile: profile.to_string(),
+                        task: task.to_string(),
                         kind: kind.to_string(),
                     })
                     .inc_by(u64::from(tokens));

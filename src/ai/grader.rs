@@ -3,13 +3,16 @@
 //!
 //! Unlike the tutor, the grader sees the key (the question's keywords, points and
 //! explanation): it is the grader. Its feedback goes to the test-taker, so it is told to
-//! explain rather than to list what is missing. The reply is asked for as plain JSON in the
-//! instructions (not through `response_format`), so any OpenAI-compatible server can
-//! serve it; anything that does not read as that object is an unusable reply.
+//! explain rather than to list what is missing. The reply is asked for as structured
+//! output ([`schema`]) and described in the instructions too, for a server without
+//! structured output; anything that does not read as that object is an unusable reply.
 
 use domain::test_definition::QuestionDefinition;
 use serde::Deserialize;
+use serde_json::json;
 use thiserror::Error;
+
+use super::ReplySchema;
 
 /// Longest feedback accepted from the model, in characters; a longer one is unusable.
 pub const MAX_FEEDBACK_CHARS: usize = domain::grading::MAX_AI_FEEDBACK_CHARS;
@@ -38,6 +41,22 @@ pub enum VerdictError {
 struct Reply {
     score: f64,
     feedback: String,
+}
+
+/// The JSON schema of a reply.
+pub fn schema() -> ReplySchema {
+    ReplySchema {
+        name: "grade",
+        schema: json!({
+            "type": "object",
+            "required": ["score", "feedback"],
+            "additionalProperties": false,
+            "properties": {
+                "score": {"type": "number", "minimum": 0},
+                "feedback": {"type": "string", "maxLength": MAX_FEEDBACK_CHARS}
+            }
+        }),
+    }
 }
 
 /// The grader's instructions for `question`.

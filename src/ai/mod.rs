@@ -71,6 +71,16 @@ pub struct Chunk {
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, AiError>> + Send>>;
 
+/// The JSON a reply must be, asked of the provider as structured output
+/// (`response_format: {"type": "json_schema", ...}`). The instructions say the same in
+/// words, for a server that ignores it; the reply is checked either way.
+#[derive(Debug, Clone)]
+pub struct ReplySchema {
+    /// The schema's name as the provider sees it (letters, digits, `_` and `-`).
+    pub name: &'static str,
+    pub schema: serde_json::Value,
+}
+
 /// A model that streams chat replies.
 #[async_trait]
 pub trait AiProvider: Send + Sync {
@@ -78,11 +88,17 @@ pub trait AiProvider: Send + Sync {
     fn profile(&self) -> &str;
     /// The model asked, recorded with every reply.
     fn model(&self) -> &str;
-    /// Starts a reply to `user` under the instructions `system`.
+    /// Starts a reply to `user` under the instructions `system`, shaped by `schema` when
+    /// one is given.
     ///
     /// # Errors
     /// [`AiError`] when the call cannot start (after any retries).
-    async fn stream_chat(&self, system: &str, user: &str) -> Result<ChunkStream, AiError>;
+    async fn stream_chat(
+        &self,
+        system: &str,
+        user: &str,
+        schema: Option<&ReplySchema>,
+    ) -> Result<ChunkStream, AiError>;
 }
 
 /// The configured providers and the caps on calls in flight.

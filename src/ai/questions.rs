@@ -2,19 +2,52 @@
 //! test's topic, the position, and the user's previous questions and answers), and the
 //! strict reading of its reply as one question with its key.
 //!
-//! The reply is asked for as a JSON object described by [`SCHEMA`], in the instructions
-//! (not through `response_format`), so any OpenAI-compatible server can serve it; a reply
-//! that does not read as that object, or breaks a rule of [`domain::generated::check`], is
-//! unusable and asked for once more before the bank stands in.
+//! The reply is asked for as structured output with the JSON schema of [`schema`], which
+//! the instructions also show (for a server without structured output); a reply that does
+//! not read as that object, or breaks a rule of [`domain::generated::check`], is unusable
+//! and asked for once more before the bank stands in. The schema cannot say everything
+//! (that the answer is among the choices, say): the checks can.
 
 use domain::generated;
 use domain::test_definition::AnswerKey;
 use domain::{GeneratedKey, GeneratedQuestion, PresentedChoice, QuestionKind};
 use serde::Deserialize;
+use serde_json::json;
 use thiserror::Error;
 
-/// The JSON schema of a reply, shown to the model.
-pub const SCHEMA: &str = r#"{"type":"object","required":["kind","prompt"],"properties":{"kind":{"enum":["single_choice","multiple_choice","free_text"]},"prompt":{"type":"string","maxLength":2000},"choices":{"type":"array","minItems":2,"maxItems":6,"items":{"type":"object","required":["id","text"],"properties":{"id":{"type":"string","pattern":"^[a-z0-9]{1,8}$"},"text":{"type":"string"}}}},"answer":{"oneOf":[{"type":"string"},{"type":"array","items":{"type":"string"},"minItems":1}]},"keywords":{"type":"array","items":{"type":"string"},"minItems":1,"maxItems":10},"explanation":{"type":"string"}}}"#;
+use super::ReplySchema;
+
+/// The JSON schema of a reply.
+pub fn schema() -> ReplySchema {
+    ReplySchema {
+        name: "adaptive_question",
+        schema: json!({
+            "type": "object",
+            "required": ["kind", "prompt"],
+            "properties": {
+                "kind": {"enum": ["single_choice", "multiple_choice", "free_text"]},
+                "prompt": {"type": "string", "maxLength": 2000},
+                "choices": {
+                    "type": "array", "minItems": 2, "maxItems": 6,
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "text"],
+                        "properties": {
+                            "id": {"type": "string", "pattern": "^[a-z0-9]{1,8}$"},
+                            "text": {"type": "string"}
+                        }
+                    }
+                },
+                "answer": {"oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1}
+                ]},
+                "keywords": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 10},
+                "explanation": {"type": "string"}
+            }
+        }),
+    }
+}
 
 /// One earlier question of the attempt and what the user answered, for the prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +99,8 @@ pub fn system_prompt() -> String {
          free_text (no choices and no answer; `keywords` are 1 to 10 key ideas a good \
          answer contains). Choice ids are short, like \"a\", \"b\", \"c\". The prompt must \
          not reveal the answer.\n\
-         Reply with only a JSON object, no other text, matching this JSON schema:\n{SCHEMA}"
+         Reply with only a JSON object, no other text, matching this JSON schema:\n{}",
+        schema().schema
     )
 }
 

@@ -165,7 +165,7 @@ async fn stream(
     outbox: &Outbox,
 ) -> Result<(), Streamed> {
     let mut chunks = provider
-        .stream_chat(system, user)
+        .stream_chat(system, user, None)
         .await
         .map_err(Streamed::Failed)?;
     let mut guard = StreamGuard::new(key);

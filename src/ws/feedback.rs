@@ -29,7 +29,7 @@ use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
 use crate::ai::grader;
 use crate::ai::inflight::GradingTurn;
-use crate::ai::{AiError, AiProvider, Permit};
+use crate::ai::{AiError, AiProvider, Permit, ReplySchema};
 use crate::commands::{self, Origin};
 use crate::state::AppState;
 
@@ -123,7 +123,7 @@ impl FeedbackJob {
             &self.state,
             &*self.provider,
             &self.user_id,
-            (&system, &user),
+            (&system, &user, &grader::schema()),
             (AgentTask::Feedback, TASK, "grading…"),
             client,
             grader::parse,
@@ -145,7 +145,7 @@ impl FeedbackJob {
     }
 }
 
-/// Asks the model for a JSON reply read by `parse`, once more if a reply cannot be read,
+/// Asks the model for a JSON reply (shaped by the prompt's schema) read by `parse`, once more if a reply cannot be read,
 /// counting each call in `/metrics` under `task` (`(agent task, metrics label, first
 /// progress mark)`). Gives the value read, or the reason (`invalid_output`, `timeout`,
 /// `error`) the offline path stands in for the model, counted as a fallback; and the
@@ -154,7 +154,7 @@ pub(super) async fn ask_json<T, E: std::fmt::Display>(
     state: &AppState,
     provider: &dyn AiProvider,
     user_id: &str,
-    prompt: (&str, &str),
+    prompt: (&str, &str, &ReplySchema),
     (task, label, first): (AgentTask, &str, &str),
     client: &mut Option<WeakOutbox>,
     parse: impl Fn(&str) -> Result<T, E>,
@@ -207,12 +207,12 @@ pub(super) async fn ask_json<T, E: std::fmt::Display>(
 /// `.` at most once a second) to the client meanwhile as `AGENT_THINKING` of `task`.
 pub(super) async fn ask(
     provider: &dyn AiProvider,
-    (system, user): (&str, &str),
+    (system, user, schema): (&str, &str, &ReplySchema),
     (task, first): (AgentTask, &str),
     usage: &mut Option<TokenUsage>,
     client: &mut Option<WeakOutbox>,
 ) -> Result<String, AiError> {
-    let mut chunks = provider.stream_chat(system, user).await?;
+    let mut chunks = provider.stream_chat(system, user, Some(schema)).await?;
     let mut text = String::new();
     let mut marked: Option<Instant> = None;
     while let Some(chunk) = chunks.next().await {

@@ -145,7 +145,7 @@ impl QuestionJob {
             &self.state,
             provider,
             &self.user_id,
-            (&system, &self.history),
+            (&system, &self.history, &questions::schema()),
             (AgentTask::Question, TASK, "writing…"),
             client,
             questions::parse,

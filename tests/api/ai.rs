@@ -42,6 +42,11 @@ pub(crate) enum Mode {
     Delayed(Duration, Vec<&'static str>),
     /// Request n (from 0) gets reply n as one delta; later requests get the last one.
     Each(Vec<&'static str>),
+    /// Answers the first request 429 with `Retry-After: 1`, then streams the deltas.
+    RetryAfterOneSecond(Vec<&'static str>),
+    /// Answers 400 to a request with `response_format` (as servers without structured
+    /// output do), and streams the deltas to one without.
+    NoStructuredOutput(Vec<&'static str>),
 }
 
 pub(crate) struct Fake {
@@ -49,6 +54,8 @@ pub(crate) struct Fake {
     requests: AtomicUsize,
     /// Each request's body and `Authorization` header.
     pub(crate) seen: Mutex<Vec<(Value, Option<String>)>>,
+    /// When each request arrived.
+    pub(crate) arrived: Mutex<Vec<Instant>>,
 }
 
 impl Fake {
@@ -63,11 +70,13 @@ impl Fake {
 
 async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let n = fake.requests.fetch_add(1, Ordering::SeqCst);
+    fake.arrived.lock().unwrap().push(Instant::now());
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let structured = body.get("response_format").is_some();
     fake.seen.lock().unwrap().push((body, auth));
     let mode = fake.mode.lock().unwrap().clone();
     match mode {
@@ -93,6 +102,20 @@ async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
             Some(reply) => sse(&[reply]),
             None => sse(&[]),
         },
+        Mode::RetryAfterOneSecond(_) if n == 0 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("content-type", "application/json"), ("retry-after", "1")],
+            json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": null}}).to_string(),
+        )
+            .into_response(),
+        Mode::RetryAfterOneSecond(deltas) => sse(&deltas),
+        Mode::NoStructuredOutput(_) if structured => (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/json")],
+            json!({"error": {"message": "response_format is not supported", "type": "invalid_request_error", "param": "response_format", "code": null}}).to_string(),
+        )
+            .into_response(),
+        Mode::NoStructuredOutput(deltas) => sse(&deltas),
     }
 }
 
@@ -140,6 +163,7 @@ pub(crate) async fn fake_provider(mode: Mode) -> (Arc<Fake>, String) {
         mode: Mutex::new(mode),
         requests: AtomicUsize::new(0),
         seen: Mutex::new(Vec::new()),
+        arrived: Mutex::new(Vec::new()),
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -317,10 +341,12 @@ async fn a_reply_streams_and_is_recorded_with_its_model(backend: Backend) {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"assessd_ai_tokens_total{profile="default",kind="prompt"} 42"#),
+        metrics
+            .contains(r#"assessd_ai_tokens_total{profile="default",task="chat",kind="prompt"} 42"#),
         "{metrics}"
     );
-    assert!(metrics.contains("assessd_ai_call_duration_seconds_count{profile=\"default\"} 1"));
+    assert!(metrics
+        .contains("assessd_ai_call_duration_seconds_count{profile=\"default\",task=\"chat\"} 1"));
     assert!(!metrics.contains(API_KEY));
 
     // Reconnecting replays the stream from the events: the model is not asked again.
@@ -462,6 +488,29 @@ async fn a_429_is_retried_and_failures_answer_ai_unavailable(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_retry_waits_as_long_as_retry_after_asks(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::RetryAfterOneSecond(vec!["Think again."])).await;
+    let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_secs(20)).await else {
+        return;
+    };
+    app.put_test("quiz", quiz(None)).await;
+    let (mut alice, id) = start(&app, "alice").await;
+    alice
+        .send(json!({"type": "CHAT_MESSAGE", "text": "Hint?", "assessment_id": id}))
+        .await;
+    let messages = until(&mut alice, "SYSTEM_MESSAGE").await;
+    assert_eq!(messages.last().unwrap()["text"], "Think again.");
+    // The backoff alone is about 10 ms here (retry_base): the wait is the server's.
+    let arrived = fake.arrived.lock().unwrap().clone();
+    assert_eq!(arrived.len(), 2);
+    let waited = arrived[1] - arrived[0];
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+    // The tutor's reply is free text: no response_format.
+    let (request, _) = fake.seen.lock().unwrap()[1].clone();
+    assert!(request.get("response_format").is_none(), "{request}");
+    app.stop().await;
+}
+
 async fn a_slow_model_times_out_and_blocks_no_one(backend: Backend) {
     let (_fake, base_url) = fake_provider(Mode::Slow).await;
     let timeout = Duration::from_secs(3);
@@ -515,5 +564,6 @@ crate::on_both_backends!(
     a_reply_streams_and_is_recorded_with_its_model,
     a_reply_that_gives_the_answer_away_is_withheld,
     a_429_is_retried_and_failures_answer_ai_unavailable,
+    a_retry_waits_as_long_as_retry_after_asks,
     a_slow_model_times_out_and_blocks_no_one,
 );

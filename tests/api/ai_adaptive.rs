@@ -85,6 +85,16 @@ async fn an_adaptive_test_runs_on_generated_questions(backend: Backend) {
         .all(|m| m["task"] == "question"));
     let question = messages.last().unwrap();
     assert_eq!(question["question_id"], "ai-1");
+    let (request, _) = fake.seen.lock().unwrap()[0].clone();
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    assert_eq!(
+        request["response_format"]["json_schema"]["name"],
+        "adaptive_question"
+    );
+    assert_eq!(
+        request["response_format"]["json_schema"]["schema"]["properties"]["kind"]["enum"],
+        json!(["single_choice", "multiple_choice", "free_text"])
+    );
     assert_eq!(question["kind"], "single_choice");
     keyless(question);
 

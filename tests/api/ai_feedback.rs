@@ -136,6 +136,13 @@ async fn a_free_text_answer_is_graded_by_the_model(backend: Backend) {
     assert!(system.contains("ownership; borrow; lifetime"), "{system}");
     assert!(system.contains("0 to 3 points"), "{system}");
     assert_eq!(request["messages"][1]["content"], ANSWER);
+    // Asked for as structured output with the grade's schema.
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    assert_eq!(request["response_format"]["json_schema"]["name"], "grade");
+    assert_eq!(
+        request["response_format"]["json_schema"]["schema"]["required"],
+        json!(["score", "feedback"])
+    );
 
     // Recorded with the model, the profile and the usage; the key nowhere.
     let given = feedback_given(&app, "alice", "f1").await;
@@ -287,6 +294,49 @@ async fn a_slow_model_falls_back_and_an_answer_in_time_counts_after_the_deadline
     assert!(metrics(&app).await.contains(
         r#"assessd_ai_calls_total{profile="default",task="feedback",outcome="timeout"} 1"#
     ));
+    app.stop().await;
+}
+
+async fn a_server_without_structured_output_is_asked_in_words(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::NoStructuredOutput(vec![GRADED])).await;
+    let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_secs(20)).await else {
+        return;
+    };
+    app.put_test("borrow", borrow_test(None, None)).await;
+    for (n, user) in ["alice", "bob"].into_iter().enumerate() {
+        let (mut client, id) = start(&app, user).await;
+        submit(&mut client, &id, "f1", ANSWER, user).await;
+        let feedback = until(&mut client, "ANSWER_FEEDBACK").await.pop().unwrap();
+        assert_eq!(feedback["score"], 2.0, "{feedback}");
+        assert!(feedback_given(&app, user, "f1")
+            .await
+            .get("fallback")
+            .is_none());
+        // alice's grade: refused with response_format, then taken without it; bob's is
+        // asked without it at once.
+        assert_eq!(fake.requests(), 2 + n);
+    }
+    let seen = fake.seen.lock().unwrap().clone();
+    let structured: Vec<bool> = seen
+        .iter()
+        .map(|(body, _)| body.get("response_format").is_some())
+        .collect();
+    assert_eq!(structured, [true, false, false]);
+    let system = seen[2].0["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        system.contains(r#"{"score": <number>, "feedback": "<text>"}"#),
+        "{system}"
+    );
+    let metrics = metrics(&app).await;
+    assert!(
+        metrics.contains(
+            r#"assessd_ai_calls_total{profile="default",task="feedback",outcome="ok"} 2"#
+        ),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
@@ -478,6 +528,7 @@ async fn the_latency_a_model_grade_adds_is_measured(backend: Backend) {
 }
 
 crate::on_both_backends!(
+    a_server_without_structured_output_is_asked_in_words,
     a_free_text_answer_is_graded_by_the_model,
     unusable_replies_and_a_failing_model_fall_back_to_the_offline_grader,
     a_slow_model_falls_back_and_an_answer_in_time_counts_after_the_deadline,
