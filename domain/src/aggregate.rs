@@ -108,6 +108,16 @@ impl Attempt {
     pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
         self.is_in_progress() && self.deadline.is_some_and(|d| now >= d)
     }
+
+    /// The definition an answer to `question_id` is graded with: a generated question's
+    /// recorded key, or the bank's (as presented). `None` for a question not in the test.
+    pub fn question_to_grade(
+        &self,
+        test: &TestDefinition,
+        question_id: &str,
+    ) -> Option<QuestionDefinition> {
+        question_to_grade(self, test, question_id).ok()
+    }
 }
 
 impl UserStream {

@@ -4,7 +4,8 @@
 //! `AGENT_STARTED {task: "feedback"}`, then `AGENT_THINKING` while the model writes (the
 //! reply is a JSON object, so the deltas are progress marks, not its text: `grading…`
 //! once, then `.` at most once a second), then `AGENT_COMPLETED`, then the recorded
-//! `ANSWER_FEEDBACK` and what follows it, exactly as for an offline grade.
+//! `ANSWER_FEEDBACK` and what follows it, exactly as for an offline grade; in an adaptive
+//! attempt that is the next question's generation, run on in the same task.
 //!
 //! Nothing is recorded before the grade: `AnswerSubmitted` and `FeedbackGiven` are one
 //! command, decided with the time the answer arrived (so an answer that arrived before the
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
+use super::question;
 use super::replies::{self, Reply};
 use crate::ai::grader;
 use crate::ai::inflight::GradingTurn;
@@ -101,14 +103,40 @@ impl FeedbackJob {
         // Recorded (or refused): the user's other commands may go on.
         drop(self.turn);
         drop(self.permit);
-        let replies = match result {
-            Ok(committed) => replies::for_outcome(&committed),
+        let (replies, awaits_question) = match result {
+            Ok(committed) => (
+                replies::for_outcome(&committed),
+                committed
+                    .state
+                    .in_progress()
+                    .is_some_and(|a| a.awaits_question()),
+            ),
             Err(e) => {
                 tracing::error!(user_id = %self.user_id, error = %e, "a graded answer could not be recorded");
-                vec![Reply::error(&e.into())]
+                (vec![Reply::error(&e.into())], false)
             }
         };
         send(&mut client, replies).await;
+        // An adaptive attempt goes on with its next question, as after an answer graded
+        // offline. With the client gone, its next connection's greeting asks for it.
+        let (true, Some(outbox)) = (awaits_question, client) else {
+            return;
+        };
+        let prepared = question::prepare(
+            &self.state,
+            &self.user_id,
+            self.session_id,
+            self.request_id.as_deref(),
+            &self.stale,
+        )
+        .await;
+        match prepared {
+            Ok((Some(job), _)) => job.run(outbox).await,
+            Ok((None, _)) => {}
+            Err(e) => {
+                tracing::error!(user_id = %self.user_id, error = %e.message, "the next question could not be prepared");
+            }
+        }
     }
 
     /// Asks the model, once more if its reply is unusable; what to record either way.

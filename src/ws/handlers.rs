@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::chat::ChatJob;
 use super::feedback::{self, FeedbackJob};
 use super::protocol::{self, ClientMessage, ServerMessage};
-use super::question::{self, QuestionJob, Writer};
+use super::question::{self, QuestionJob};
 use super::replies::{self, Reply};
 use crate::commands::{self, CommandError, Origin};
 use crate::error::{ClientError, ErrorCode};
@@ -93,65 +93,16 @@ impl Handler {
         {
             return Ok(());
         }
-        let turn = self.state.ai.gradings.begin(&self.user_id).await;
-        self.view = self.state.streams.load(&self.user_id).await?;
-        let Some(attempt) = self.view.in_progress().filter(|a| a.awaits_question()) else {
-            return Ok(());
-        };
-        let (test_id, version) = (attempt.test_id.clone(), attempt.test_version);
-        let test = self
-            .state
-            .catalog
-            .version(&test_id, version)
-            .await?
-            .ok_or_else(|| {
-                ClientError::internal(&format!(
-                    "test {test_id} v{version} is missing from the catalog"
-                ))
-            })?;
-        if test.adaptive_count().is_none() {
-            // Only an adaptive attempt waits for a question between commands.
-            return Ok(());
-        }
-        let history = question::history(attempt, &test);
-        let assessment_id = attempt.assessment_id.clone();
-        let profile = test.ai.as_ref().and_then(|ai| ai.profile.as_deref());
-        let writer = match self.state.ai.provider(profile) {
-            None => Writer::Bank {
-                provider: None,
-                reason: "offline",
-            },
-            Some(provider) => match self.state.ai.try_acquire(&self.user_id) {
-                Ok(permit) => Writer::Model { provider, permit },
-                Err(busy) => {
-                    // Never hold an attempt up on a cap: the bank stands in, and says why.
-                    tracing::info!(user_id = %self.user_id, error = %busy, "no slot for the question writer; using the bank");
-                    self.state.metrics.ai_call(
-                        provider.profile(),
-                        question::TASK,
-                        "refused",
-                        None,
-                        None,
-                    );
-                    Writer::Bank {
-                        provider: Some(provider),
-                        reason: "busy",
-                    }
-                }
-            },
-        };
-        self.question_job = Some(QuestionJob {
-            state: self.state.clone(),
-            user_id: self.user_id.clone(),
-            session_id: self.session_id,
-            request_id: request_id.map(str::to_string),
-            writer,
-            turn,
-            assessment_id,
-            test,
-            history,
-            stale: self.stale.clone(),
-        });
+        let (job, view) = question::prepare(
+            &self.state,
+            &self.user_id,
+            self.session_id,
+            request_id,
+            &self.stale,
+        )
+        .await?;
+        self.view = view;
+        self.question_job = job;
         Ok(())
     }
 
@@ -343,11 +294,13 @@ impl Handler {
         else {
             return Ok(Graded::Offline(command));
         };
-        // An adaptive test's answers are graded from their recorded key, offline: its
-        // generated questions are not in the bank the grader's prompt is built from.
-        let Some(question) = test
-            .question(question_id)
-            .filter(|q| q.kind == QuestionKind::FreeText && test.adaptive_count().is_none())
+        // The definition the domain grades with: in an adaptive test, a generated
+        // question's recorded key (the view is fresh: `handle` reloads a stale one).
+        let Some(question) = self
+            .view
+            .attempt(assessment_id)
+            .and_then(|a| a.question_to_grade(test, question_id))
+            .filter(|q| q.kind == QuestionKind::FreeText)
         else {
             return Ok(Graded::Offline(command));
         };
@@ -412,7 +365,7 @@ impl Handler {
             permit,
             turn,
             assessment_id: assessment_id.clone(),
-            question: question.clone(),
+            question,
             answer: answer.clone(),
             test: test.clone(),
             now: *now,

@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use domain::{Answer, Attempt, GenerationOutcome, QuestionGeneration, TestDefinition, UserCommand};
+use domain::{
+    Answer, Attempt, GenerationOutcome, QuestionGeneration, TestDefinition, UserCommand, UserStream,
+};
+use uuid::Uuid;
 
 use super::feedback::{agent, ask_json, send};
 use super::outbox::WeakOutbox;
@@ -25,6 +28,7 @@ use crate::ai::inflight::GradingTurn;
 use crate::ai::questions::{self, Asked};
 use crate::ai::{AiProvider, Permit};
 use crate::commands::{self, Origin};
+use crate::error::ClientError;
 use crate::state::AppState;
 
 /// The task label of `/metrics` for question generation.
@@ -49,7 +53,7 @@ pub enum Writer {
 pub struct QuestionJob {
     pub state: AppState,
     pub user_id: String,
-    pub session_id: uuid::Uuid,
+    pub session_id: Uuid,
     pub request_id: Option<String>,
     pub writer: Writer,
     /// Held until the question is recorded: the user's other commands wait for it.
@@ -162,6 +166,78 @@ impl QuestionJob {
             outcome,
         }
     }
+}
+
+/// The next question's generation when the attempt in progress waits for one (an adaptive
+/// attempt just started or answered, or one whose generation was cut off by a restart),
+/// with the stream as it was decided on. Takes the user's turn first and decides on the
+/// stream as recorded, so a generation still running for an older connection is waited
+/// for, not repeated.
+///
+/// # Errors
+/// A store error, or the attempt's test version missing from the catalog.
+pub async fn prepare(
+    state: &AppState,
+    user_id: &str,
+    session_id: Uuid,
+    request_id: Option<&str>,
+    stale: &Arc<AtomicBool>,
+) -> Result<(Option<QuestionJob>, UserStream), ClientError> {
+    let turn = state.ai.gradings.begin(user_id).await;
+    let view = state.streams.load(user_id).await?;
+    let Some(attempt) = view.in_progress().filter(|a| a.awaits_question()) else {
+        return Ok((None, view));
+    };
+    let (test_id, version) = (attempt.test_id.clone(), attempt.test_version);
+    let test = state
+        .catalog
+        .version(&test_id, version)
+        .await?
+        .ok_or_else(|| {
+            ClientError::internal(&format!(
+                "test {test_id} v{version} is missing from the catalog"
+            ))
+        })?;
+    if test.adaptive_count().is_none() {
+        // Only an adaptive attempt waits for a question between commands.
+        return Ok((None, view));
+    }
+    let history = history(attempt, &test);
+    let assessment_id = attempt.assessment_id.clone();
+    let profile = test.ai.as_ref().and_then(|ai| ai.profile.as_deref());
+    let writer = match state.ai.provider(profile) {
+        None => Writer::Bank {
+            provider: None,
+            reason: "offline",
+        },
+        Some(provider) => match state.ai.try_acquire(user_id) {
+            Ok(permit) => Writer::Model { provider, permit },
+            Err(busy) => {
+                // Never hold an attempt up on a cap: the bank stands in, and says why.
+                tracing::info!(user_id, error = %busy, "no slot for the question writer; using the bank");
+                state
+                    .metrics
+                    .ai_call(provider.profile(), TASK, "refused", None, None);
+                Writer::Bank {
+                    provider: Some(provider),
+                    reason: "busy",
+                }
+            }
+        },
+    };
+    let job = QuestionJob {
+        state: state.clone(),
+        user_id: user_id.to_string(),
+        session_id,
+        request_id: request_id.map(str::to_string),
+        writer,
+        turn,
+        assessment_id,
+        test,
+        history,
+        stale: stale.clone(),
+    };
+    Ok((Some(job), view))
 }
 
 /// The model's user message for the next question of `attempt`: the test's topic (its

@@ -15,7 +15,8 @@ use crate::helpers::{spawn_app, Backend, TestApp, WsClient};
 
 const TOPIC: &str = "Rust ownership";
 const CHOICE: &str = r#"{"kind":"single_choice","prompt":"Which type is moved on assignment?","choices":[{"id":"a","text":"String"},{"id":"b","text":"i32"}],"answer":"a","explanation":"SECRET-EXPLANATION: heap data moves."}"#;
-const FREE: &str = r#"{"kind":"free_text","prompt":"What happens to a value when its owner goes out of scope?","keywords":["dropped"]}"#;
+const FREE: &str = r#"{"kind":"free_text","prompt":"What happens to a value when its owner goes out of scope?","keywords":["dropped"],"explanation":"Its destructor runs."}"#;
+const GRADE: &str = r#"{"score": 0.5, "feedback": "Right; now say what runs when it is dropped."}"#;
 
 /// An adaptive test of `count` questions on [`TOPIC`], with a bank of two.
 fn adaptive(count: u32) -> Value {
@@ -61,7 +62,7 @@ fn keyless(question: &Value) {
 }
 
 async fn an_adaptive_test_runs_on_generated_questions(backend: Backend) {
-    let (fake, base_url) = fake_provider(Mode::Each(vec![CHOICE, FREE])).await;
+    let (fake, base_url) = fake_provider(Mode::Each(vec![CHOICE, FREE, GRADE])).await;
     let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_secs(20)).await else {
         return;
     };
@@ -125,13 +126,44 @@ async fn an_adaptive_test_runs_on_generated_questions(backend: Backend) {
         "{prompt}"
     );
 
+    // The free-text answer is graded by the model, from the recorded keywords, out of 1.
     submit(&mut alice, &id, "ai-2", json!("It is dropped.")).await;
     let done = until(&mut alice, "ASSESSMENT_COMPLETED").await;
+    assert_eq!(
+        of_type(&done, "AGENT_STARTED")
+            .iter()
+            .map(|m| m["task"].as_str())
+            .collect::<Vec<_>>(),
+        [Some("feedback")]
+    );
+    let feedback = of_type(&done, "ANSWER_FEEDBACK")[0];
+    assert_eq!(
+        (feedback["score"].as_f64(), feedback["max_score"].as_f64()),
+        (Some(0.5), Some(1.0))
+    );
+    assert_eq!(
+        feedback["feedback"],
+        "Right; now say what runs when it is dropped."
+    );
     let completed = done.last().unwrap();
     assert_eq!(
         (completed["score"].as_f64(), completed["max_score"].as_f64()),
-        (Some(2.0), Some(2.0))
+        (Some(1.5), Some(2.0))
     );
+    let grader = fake.seen.lock().unwrap()[2].0.clone();
+    assert_eq!(grader["response_format"]["json_schema"]["name"], "grade");
+    let system = grader["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("Key ideas: dropped"), "{system}");
+    assert!(system.contains("0 to 1 points"), "{system}");
+    assert!(system.contains("Its destructor runs."), "{system}");
+    let graded: Vec<Value> = app
+        .stream_of("alice")
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "FeedbackGiven" && e["payload"]["question_id"] == "ai-2")
+        .collect();
+    assert_eq!(graded.len(), 1);
+    assert_eq!(graded[0]["payload"]["graded_by"], MODEL);
 
     let events = presented(&app, "alice").await;
     assert_eq!(events.len(), 2);
@@ -144,7 +176,7 @@ async fn an_adaptive_test_runs_on_generated_questions(backend: Backend) {
     assert!(events[0].get("fallback").is_none());
 
     // Replays never call the model: a reconnect, and time travel through the audit API.
-    assert_eq!(fake.requests(), 2);
+    assert_eq!(fake.requests(), 3);
     drop(alice);
     let mut again = app.connect("alice").await;
     again.send(json!({"type": "HEARTBEAT"})).await;
@@ -156,7 +188,7 @@ async fn an_adaptive_test_runs_on_generated_questions(backend: Backend) {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(fake.requests(), 2);
+    assert_eq!(fake.requests(), 3);
     app.stop().await;
 }
 
@@ -205,6 +237,22 @@ async fn unusable_replies_and_a_500_fall_back_to_the_bank_until_it_runs_out(back
         (Some(2.0), Some(3.0))
     );
     assert_eq!(presented(&app, "alice").await.len(), 2);
+    // The free-text bank question went to the model grader, which failed: graded offline,
+    // and the attempt went on (here: to its end) all the same.
+    assert_eq!(of_type(&done, "AGENT_STARTED")[0]["task"], "feedback");
+    let graded = app
+        .stream_of("alice")
+        .await
+        .into_iter()
+        .find(|e| e["event_type"] == "FeedbackGiven" && e["payload"]["question_id"] == "k2")
+        .unwrap();
+    assert_eq!(
+        (
+            &graded["payload"]["graded_by"],
+            &graded["payload"]["fallback"]
+        ),
+        (&json!("offline"), &json!("error"))
+    );
     assert!(metrics(&app)
         .await
         .contains(r#"assessd_ai_fallbacks_total{profile="default",task="question"} 3"#));
