@@ -118,21 +118,37 @@ impl Handler {
         self.chat_job.take()
     }
 
-    /// CONNECTED, any expiry that happened while the user was away, then the attempt in
-    /// progress (ASSESSMENT_RESUMED and its QUESTION).
-    pub async fn greet(&mut self) -> Result<Vec<Reply>, ClientError> {
-        let committed = self
-            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, None)
-            .await?;
-        let mut out = vec![Reply::new(
+    /// Whether the greeting must wait for a grading or generation still in flight.
+    pub fn greeting_waits(&self) -> bool {
+        self.state.ai.gradings.is_grading(&self.user_id)
+    }
+
+    /// Reads the stream as recorded so far.
+    pub async fn load(&mut self) -> Result<(), ClientError> {
+        self.view = self.state.streams.load(&self.user_id).await?;
+        Ok(())
+    }
+
+    /// CONNECTED, said once the stream is loaded.
+    pub fn connected(&self) -> Reply {
+        Reply::new(
             ServerMessage::Connected {
                 connection_id: self.session_id.to_string(),
                 user_id: self.user_id.clone(),
                 server_time: protocol::rfc3339(Utc::now()),
             },
             None,
-        )];
-        out.extend(replies::for_events(&committed));
+        )
+    }
+
+    /// What follows CONNECTED: any expiry that happened while the user was away, then the
+    /// attempt in progress (ASSESSMENT_RESUMED and its QUESTION). Waits for a grading or
+    /// question generation still in flight, so it resumes where that left the attempt.
+    pub async fn greet(&mut self) -> Result<Vec<Reply>, ClientError> {
+        let committed = self
+            .execute(UserCommand::ExpireOverdue { now: Utc::now() }, None)
+            .await?;
+        let mut out = replies::for_events(&committed);
         if let Some(attempt) = committed.state.in_progress() {
             out.extend(replies::resumed(attempt));
         }

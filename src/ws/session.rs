@@ -161,13 +161,9 @@ impl Session {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        match self.handler.greet().await {
-            Ok(replies) => {
-                if let Err(end) = self.send_all(replies).await {
-                    return end;
-                }
-                self.spawn_question();
-            }
+        match self.greet().await {
+            Ok(Ok(())) => self.spawn_question(),
+            Ok(Err(end)) => return end,
             Err(e) => {
                 let _ = self.send_all(vec![Reply::error(&e)]).await;
                 return End::Close(
@@ -355,6 +351,25 @@ impl Session {
 
     /// Queues `replies` in order, waiting for room: while the client does not read, this
     /// session does not read it either. Fails only when the writer is gone.
+    /// CONNECTED, then where the user stands. A grading or question generation of the
+    /// previous connection holds the rest of the greeting until it is recorded (up to two
+    /// model timeouts), so then the stream as recorded so far is loaded and CONNECTED sent
+    /// at once, the rest when it is done.
+    async fn greet(&mut self) -> Result<Result<(), End>, ClientError> {
+        let early = self.handler.greeting_waits();
+        if early {
+            self.handler.load().await?;
+            if let Err(end) = self.send_all(vec![self.handler.connected()]).await {
+                return Ok(Err(end));
+            }
+        }
+        let mut replies = self.handler.greet().await?;
+        if !early {
+            replies.insert(0, self.handler.connected());
+        }
+        Ok(self.send_all(replies).await)
+    }
+
     async fn send_all(&mut self, replies: Vec<Reply>) -> Result<(), End> {
         self.outbox().send(replies).await.map_err(|_| End::Gone)
     }

@@ -352,8 +352,15 @@ async fn a_reconnect_while_the_model_grades_gives_one_feedback(backend: Backend)
     alice.recv_type("AGENT_STARTED").await;
     drop(alice);
 
-    // The new connection is greeted once the grade is recorded: the next question.
+    // The new connection hears CONNECTED at once, while the model still grades (1.5 s),
+    // and resumes once the grade is recorded: at the next question.
     let mut again = app.connect("alice").await;
+    assert!(
+        events(&app, "alice", "AnswerSubmitted", "f1")
+            .await
+            .is_empty(),
+        "CONNECTED came only after the grade was recorded"
+    );
     again.recv_type("ASSESSMENT_RESUMED").await;
     assert_eq!(again.recv_type("QUESTION").await["question_id"], "c1");
     // The same answer sent again gets the recorded feedback, the model's.
