@@ -611,7 +611,8 @@ impl Deciding {
             provider_profile: ai.as_ref().map(|a| a.provider_profile.clone()),
             model: ai.as_ref().map(|a| a.model.clone()),
             usage: ai.as_ref().and_then(|a| a.usage),
-            withheld: ai.is_some_and(|a| a.withheld),
+            withheld: ai.as_ref().is_some_and(|a| a.withheld),
+            withheld_text: ai.and_then(|a| a.withheld_text),
         });
         Ok(Outcome::Chatted)
     }

@@ -95,6 +95,8 @@ pub struct AiProvenance {
     pub usage: Option<TokenUsage>,
     /// The model's reply gave the answer away and a fixed safe reply was recorded instead.
     pub withheld: bool,
+    /// What the model wrote of a withheld reply, for auditors (never sent to the user).
+    pub withheld_text: Option<String>,
 }
 
 /// Who graded an answer, as recorded in `FeedbackGiven`. The AI fields were added later:
@@ -310,6 +312,10 @@ pub enum UserEvent {
         /// that was sent instead.
         #[serde(default, skip_serializing_if = "is_false")]
         withheld: bool,
+        /// What the model wrote of a withheld reply, up to where the guard stopped reading
+        /// it: kept for auditors, never sent to the user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        withheld_text: Option<String>,
     },
 }
 

@@ -133,6 +133,7 @@ impl ChatJob {
                 model: self.provider.model().to_string(),
                 usage: progress.usage,
                 withheld,
+                withheld_text: withheld.then(|| progress.text.clone()),
             }),
             now: Utc::now(),
         };
@@ -180,13 +181,21 @@ async fn stream(
         }
         match guard.push(&delta) {
             Step::Send(text) => send_delta(outbox, text).await?,
-            Step::Tripped => progress.tripped = true,
+            Step::Tripped => {
+                progress.tripped = true;
+                // Kept for the record even if the call fails before its end.
+                progress.text = guard.text().trim().to_string();
+            }
         }
     }
     if !progress.tripped {
         match guard.finish() {
             Step::Send(text) => send_delta(outbox, text).await?,
-            Step::Tripped => progress.tripped = true,
+            Step::Tripped => {
+                progress.tripped = true;
+                // Kept for the record even if the call fails before its end.
+                progress.text = guard.text().trim().to_string();
+            }
         }
     }
     progress.text = guard.text().trim().to_string();

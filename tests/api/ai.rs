@@ -331,6 +331,7 @@ async fn a_reply_streams_and_is_recorded_with_its_model(backend: Backend) {
         json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49})
     );
     assert!(payload.get("withheld").is_none(), "{payload}");
+    assert!(payload.get("withheld_text").is_none(), "{payload}");
     assert_eq!(chat["sequence"], reply["seq"]);
     // The key is in the configuration only.
     let everything = serde_json::to_string(&stream).unwrap();
@@ -424,6 +425,13 @@ async fn a_reply_that_gives_the_answer_away_is_withheld(backend: Backend) {
         .expect("chat recorded")["payload"];
     assert_eq!(payload["withheld"], true);
     assert_eq!(payload["reply_text"], SAFE_REPLY);
+    // What the model said is on the record for auditors, up to where the guard stopped.
+    let said = payload["withheld_text"].as_str().unwrap();
+    assert!(
+        said.starts_with("Between the two, the answer is co"),
+        "{said}"
+    );
+    assert!(said.contains("const"), "{said}");
     assert_eq!(payload["provider_profile"], "course-a");
     assert_eq!(payload["usage"]["total_tokens"], 49);
     let metrics = metrics(&app).await;

@@ -57,6 +57,7 @@ async fn a_stale_writer_gets_a_conflict(backend: Backend) {
             model: None,
             usage: None,
             withheld: false,
+            withheld_text: None,
         };
         store
             .commit(vec![event("first")], first, HashMap::new())

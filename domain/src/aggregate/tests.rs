@@ -473,14 +473,15 @@ fn an_ai_reply_is_recorded_with_its_provenance() {
                     total_tokens: 8,
                 }),
                 withheld: true,
+                withheld_text: Some("It is b.".into()),
             }),
             now: at(3),
         },
     );
     assert!(matches!(
         &events[..],
-        [UserEvent::ChatExchanged { provider_profile: Some(p), model: Some(m), usage: Some(u), withheld: true, .. }]
-            if p == "course-a" && m == "m1" && u.total_tokens == 8
+        [UserEvent::ChatExchanged { provider_profile: Some(p), model: Some(m), usage: Some(u), withheld: true, withheld_text: Some(w), .. }]
+            if p == "course-a" && m == "m1" && u.total_tokens == 8 && w == "It is b."
     ));
 }
 
@@ -611,6 +612,7 @@ fn an_offline_chat_event_is_stored_as_before_and_old_events_load() {
             model: None,
             usage: None,
             withheld: false,
+            withheld_text: None,
             ..
         }
     ));
