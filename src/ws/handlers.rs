@@ -31,7 +31,7 @@ enum Graded {
     /// A model's grading was started; its task reports the outcome.
     Started,
     /// Run this command now.
-    Offline(UserCommand),
+    Offline(Box<UserCommand>),
 }
 
 /// One session's side of its user's stream.
@@ -272,7 +272,7 @@ impl Handler {
         };
         let command = match self.ai_grading(command, &test, request_id).await? {
             Graded::Started => return Ok(Vec::new()),
-            Graded::Offline(command) => command,
+            Graded::Offline(command) => *command,
         };
         match self.execute(command, request_id).await {
             Ok(committed) => {
@@ -308,7 +308,7 @@ impl Handler {
             ..
         } = &command
         else {
-            return Ok(Graded::Offline(command));
+            return Ok(Graded::Offline(Box::new(command)));
         };
         // The definition the domain grades with: in an adaptive test, a generated
         // question's recorded key (the view is fresh: `handle` reloads a stale one).
@@ -318,11 +318,11 @@ impl Handler {
             .and_then(|a| a.question_to_grade(test, question_id))
             .filter(|q| q.kind == QuestionKind::FreeText)
         else {
-            return Ok(Graded::Offline(command));
+            return Ok(Graded::Offline(Box::new(command)));
         };
         let profile = test.ai.as_ref().and_then(|ai| ai.profile.as_deref());
         let Some(provider) = self.state.ai.provider(profile) else {
-            return Ok(Graded::Offline(command));
+            return Ok(Graded::Offline(Box::new(command)));
         };
         // Wait for any grading of this user still in flight (say, of an older
         // connection), then decide on the stream as recorded: only an answer that would be
@@ -339,7 +339,7 @@ impl Handler {
         self.view = stream;
         if !would_record {
             drop(turn);
-            return Ok(Graded::Offline(command));
+            return Ok(Graded::Offline(Box::new(command)));
         }
         let permit = match self.state.ai.try_acquire(&self.user_id) {
             Ok(permit) => permit,
@@ -369,7 +369,7 @@ impl Handler {
                 if let UserCommand::SubmitAnswer { grading: g, .. } = &mut command {
                     *g = Some(grading);
                 }
-                return Ok(Graded::Offline(command));
+                return Ok(Graded::Offline(Box::new(command)));
             }
         };
         self.feedback_job = Some(FeedbackJob {
