@@ -1,7 +1,7 @@
 //! `GET /api/admin/tests/{test_id}/statistics`: item analysis from the `test_statistics`
 //! read model, per definition version, with the questions in their definition's order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -94,17 +94,37 @@ async fn test_statistics(
         ));
     };
     let db = state.projections.db();
-    let (attempts, answers) = projections::test_statistics::facts_of(&db, &test_id).await?;
+    let (attempts, mut answers) = projections::test_statistics::facts_of(&db, &test_id).await?;
     // Each version's questions in its definition's order, so unanswered ones are listed.
-    let mut order = HashMap::new();
+    let mut order: HashMap<i32, Vec<String>> = HashMap::new();
+    let mut adaptive = HashSet::new();
     for version in 1..=latest.version {
         if let Some(definition) = state.catalog.version(&test_id, version).await? {
+            let version = i32::try_from(version).unwrap_or(i32::MAX);
+            if definition.adaptive_count().is_some() {
+                adaptive.insert(version);
+            }
             order.insert(
-                i32::try_from(version).unwrap_or(i32::MAX),
+                version,
                 definition.questions.iter().map(|q| q.id.clone()).collect(),
             );
         }
     }
+    // A question a model wrote for one attempt of an adaptive test is that attempt's own
+    // (`ai-1` is another question for each user): it has no item statistics. The bank
+    // questions that stood in do.
+    let version_of: HashMap<(&str, &str), i32> = attempts
+        .iter()
+        .map(|a| ((a.user_id.as_str(), a.assessment_id.as_str()), a.version))
+        .collect();
+    answers.retain(
+        |a| match version_of.get(&(a.user_id.as_str(), a.assessment_id.as_str())) {
+            Some(v) if adaptive.contains(v) => {
+                order.get(v).is_some_and(|ids| ids.contains(&a.question_id))
+            }
+            _ => true,
+        },
+    );
     let versions = projections::test_statistics::compute(&attempts, &answers, &order)
         .into_iter()
         .map(|v| VersionStatistics {

@@ -279,6 +279,49 @@ async fn a_slow_model_times_out_to_the_bank(backend: Backend) {
     app.stop().await;
 }
 
+async fn statistics_leave_out_each_attempt_s_own_generated_questions(backend: Backend) {
+    let (fake, base_url) = fake_provider(Mode::Reply(vec![CHOICE])).await;
+    let Some(app) = app_with_ai(backend, &base_url, None, Duration::from_secs(20)).await else {
+        return;
+    };
+    app.put_test("own", adaptive(1)).await;
+    // alice and bob each get an `ai-1` of their own; for carol the bank's k1 stands in.
+    for user in ["alice", "bob", "carol"] {
+        if user == "carol" {
+            fake.set(Mode::Always500);
+        }
+        let mut client = app.connect(user).await;
+        client
+            .send(json!({"type": "START_ASSESSMENT", "test_id": "own"}))
+            .await;
+        let messages = until(&mut client, "QUESTION").await;
+        let question = messages.last().unwrap();
+        let id = of_type(&messages, "ASSESSMENT_STARTED")[0]["assessment_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let q = question["question_id"].as_str().unwrap().to_string();
+        assert_eq!(q, if user == "carol" { "k1" } else { "ai-1" });
+        submit(&mut client, &id, &q, json!("a")).await;
+        until(&mut client, "ASSESSMENT_COMPLETED").await;
+    }
+    crate::projections::caught_up(&app.state).await;
+    let admin = app.token("root", Role::Admin);
+    let (status, stats) = app.get("/api/admin/tests/own/statistics", &admin).await;
+    assert_eq!(status, 200, "{stats}");
+    let version = &stats["versions"][0];
+    assert_eq!(version["attempts_completed"], 3);
+    let ids: Vec<&str> = version["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["k1", "k2"], "{stats}");
+    assert_eq!(version["questions"][0]["answered"], 1);
+    app.stop().await;
+}
+
 async fn without_a_provider_the_bank_asks_and_says_so(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -338,6 +381,7 @@ async fn a_reconnect_during_a_slow_generation_gives_one_question(backend: Backen
 }
 
 crate::on_both_backends!(
+    statistics_leave_out_each_attempt_s_own_generated_questions,
     an_adaptive_test_runs_on_generated_questions,
     unusable_replies_and_a_500_fall_back_to_the_bank_until_it_runs_out,
     a_reconnect_during_a_slow_generation_gives_one_question,

@@ -232,7 +232,7 @@ async fn an_event_that_commits_late_is_not_skipped() {
 /// Returns once the live view has applied every recorded event. On PostgreSQL the feed
 /// stops below the oldest transaction running anywhere on the server (other tests' too),
 /// so one catch-up may apply less than everything: look again until nothing is left.
-async fn caught_up(state: &assessd::state::AppState) {
+pub(crate) async fn caught_up(state: &assessd::state::AppState) {
     let db = state.projections.db();
     let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
     loop {
