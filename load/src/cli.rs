@@ -1,5 +1,7 @@
 //! The command line: one subcommand per scenario, the options every socket scenario shares.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -30,6 +32,8 @@ pub enum Scenario {
     Answer(AnswerArgs),
     /// The store's own limit: single-row INSERT+COMMIT transactions at a concurrency.
     Commit(CommitArgs),
+    /// Print benches/run.sh's table from its results file.
+    Table(TableArgs),
 }
 
 /// What every socket scenario needs: where the server is, how to sign, how many users.
@@ -116,4 +120,16 @@ pub struct CommitArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 5.0)]
     pub duration_secs: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Lines of `store<TAB>label<TAB>report JSON`, as benches/run.sh writes them.
+    pub results: PathBuf,
+    /// The mode benches/run.sh ran in, printed under the table.
+    #[arg(long, default_value = "default")]
+    pub mode: String,
+    /// The server's database pool (the commit probe's concurrency to compare with).
+    #[arg(long, default_value_t = 16)]
+    pub pool: usize,
 }

@@ -7,7 +7,8 @@
 //! completes.
 //!
 //! ## Layout
-//! - [`cli`]: the scenarios (`idle`, `connect`, `answer`, `commit`) and their options.
+//! - [`cli`]: the scenarios (`idle`, `connect`, `answer`, `commit`, `table`) and their
+//!   options.
 //! - [`scenario`]: runs one scenario: the connect schedule, the answer schedule, the
 //!   server's memory before and after, the report.
 //! - [`user`]: one simulated user on its socket (the open-loop answer queue).
@@ -17,6 +18,7 @@
 //! - [`server`]: the server's resident memory from `/proc`, by pid or by listening port.
 //! - [`stats`]: histograms and counters, and the report as a table or JSON.
 //! - [`commit`]: the store's own INSERT+COMMIT rate, the yardstick for answers/s.
+//! - [`table`]: the one table of `benches/run.sh`, from its results file.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -26,6 +28,7 @@ mod scenario;
 mod server;
 mod setup;
 mod stats;
+mod table;
 mod token;
 mod user;
 

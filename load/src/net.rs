@@ -68,6 +68,8 @@ pub type Socket = WebSocketStream<TcpStream>;
 /// Opens connection `i` with `token` in the Authorization header.
 pub async fn connect(target: &Target, i: usize, token: &str) -> Result<Socket, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(ConnectError::Tcp)?;
+    // A source port of an earlier run may still be in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(ConnectError::Tcp)?;
     if let Some(source) = target.source(i) {
         socket.bind(source).map_err(ConnectError::Tcp)?;
     }

@@ -16,7 +16,7 @@ use crate::net::Target;
 use crate::stats::{AnswerReport, ClientInfo, ConnectReport, Report, ServerMemory, Stats};
 use crate::token::Signer;
 use crate::user::{self, Ctx, Mode, Schedule};
-use crate::{commit, server, setup};
+use crate::{commit, server, setup, table};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let report = match cli.scenario {
@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Scenario::Table(args) => return table::run(&args),
         Scenario::Idle(args) => idle(args).await?,
         Scenario::Connect(args) => connect(args).await?,
         Scenario::Answer(args) => answer(args).await?,
