@@ -54,6 +54,8 @@ ulimit -n "$(ulimit -Hn)" || true
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/assessd-bench.XXXXXX")
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+# Other work on the machine shows in every figure: the table prints the load average.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 SERVER_PID=""
 PG_DB=""
 
@@ -161,7 +163,9 @@ if [ -n "$FSYNC" ]; then
   [ -n "$ops" ] && record machine fsync "{\"fdatasync_ops_per_sec\": $ops, \"dir\": \"$WORK\"}"
 fi
 
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 echo >&2
 "$LOAD" table "$RESULTS" --mode "$MODE" --pool "$POOL"
+echo "load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end"
 echo
 echo "raw results (JSON lines): $RESULTS"

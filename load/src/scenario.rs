@@ -348,7 +348,7 @@ async fn answer(args: AnswerArgs) -> anyhow::Result<Report> {
     };
     if plan.interval < Duration::from_millis(50) {
         let w = format!(
-            "each user owes an answer every {:.1} ms: over the server's default budget of 20 messages/s per user (ASSESSD_RATE_PER_SEC); use more users",
+            "each user owes an answer every {:.1} ms: over the server's default budget of 20 messages/s per user, so the server must run with a larger ASSESSD_RATE_PER_SEC (benches/run.sh sets 1000), or use more users",
             plan.interval.as_secs_f64() * 1000.0
         );
         eprintln!("warning: {w}");
