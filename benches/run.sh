@@ -91,12 +91,27 @@ stop_server() {
   SERVER_PID=""
 }
 
+# settle: waits (up to 60 s) until the server uses under 10% of a core, so work queued by
+# one scenario (connects the generator gave up on, say) is not measured in the next.
+settle() {
+  local ticks=$(( $(getconf CLK_TCK 2>/dev/null || echo 100) / 10 ))
+  for _ in $(seq 1 60); do
+    local before after
+    before=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
+    sleep 1
+    after=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
+    [ $((after - before)) -lt "$ticks" ] && return 0
+  done
+  echo "  (the server was still busy after 60 s)" >&2
+}
+
 # record STORE LABEL JSON: one line of the results file.
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RESULTS"; }
 
 # load STORE LABEL ARGS...: runs the generator against the running server.
 load() {
   local store=$1 label=$2; shift 2
+  settle
   echo "  $store $label: assessd-load $*" >&2
   local out
   if out=$("$LOAD" "$@" --server "$SERVER_URL" --server-pid "$SERVER_PID" --json); then
