@@ -60,6 +60,7 @@ impl From<AppendError> for CommandError {
             AppendError::Rule(e) => CommandError::Rule(e),
             AppendError::Conflict => CommandError::Conflict,
             AppendError::Store(e) => CommandError::Store(e),
+            AppendError::Replaced(_) => CommandError::Replaced,
         }
     }
 }
@@ -96,6 +97,15 @@ pub async fn execute(
         if matches!(origin, Origin::Admin { .. }) {
             state.registry.notify(user_id);
         }
+        // The user's socket may be on another node: an admin's change, or a grade recorded
+        // after the user moved away from the session that accepted the answer.
+        let moved = match origin {
+            Origin::Graded { session_id, .. } => !state.registry.is_live(user_id, *session_id),
+            _ => false,
+        };
+        if matches!(origin, Origin::Admin { .. }) || moved {
+            crate::cluster::publish_changed(state, user_id).await;
+        }
     }
     Ok(committed)
 }
@@ -114,12 +124,19 @@ fn metadata(state: &Shared, user_id: &str, origin: &Origin) -> EventMetadata {
             request_id: request_id.clone(),
             node_id: state.node_id.clone(),
             actor: format!("user:{user_id}"),
+            // The session's own commands append only while it owns the user (on every
+            // node); a grade belongs to the stream and is recorded regardless.
+            must_own: match origin {
+                Origin::Session { session_id, .. } => Some(*session_id),
+                _ => None,
+            },
         },
         Origin::Admin { admin_id } => EventMetadata {
             connection_id: None,
             request_id: None,
             node_id: state.node_id.clone(),
             actor: format!("admin:{admin_id}"),
+            must_own: None,
         },
     }
 }
