@@ -1,7 +1,7 @@
 //! What the nodes on one PostgreSQL tell each other, through `LISTEN`/`NOTIFY` on the
 //! channel [`CHANNEL`]:
 //!
-//! - `owner`: a session claimed a user ([`crate::ownership::claim`] sends it at its commit).
+//! - `owner`: a session claimed a user ([`crate::ownership::claim`] sends it after its commit).
 //!   A node holding a session of that user with a lower generation evicts it as a local
 //!   eviction does: `SESSION_REPLACED`, then close 4001.
 //! - `changed`: someone other than the user's own session (an admin, or a grade recorded
@@ -12,7 +12,8 @@
 //! `assessd-listener:<node id>` in `pg_stat_activity`). When that connection is lost (a
 //! database restart, a terminated backend) the listener connects again by itself, with a
 //! growing delay, and then checks every local session against the owner table: a
-//! notification sent while it was away is never needed to evict a replaced session.
+//! notification sent while it was away is never needed to evict a replaced session. The
+//! same check runs every few seconds anyway, for a notice that was never sent.
 //! Payloads come from the database and are parsed, never trusted: one that does not read
 //! is logged and skipped.
 //!
@@ -34,6 +35,9 @@ use crate::store::{Database, StoreError};
 /// The first delay before connecting again, doubled after each failure up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
+/// How often every local session is checked against the owner table, whatever the
+/// notifications said: a notice can be lost (its sender died between claim and notice).
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// One notification on [`CHANNEL`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,12 +82,34 @@ async fn publish(pool: &PgPool, notice: &Notice) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Listens on [`CHANNEL`] until `stop`, connecting again after every loss. Returns at once
-/// on SQLite.
+/// Listens on [`CHANNEL`] until `stop`, connecting again after every loss, and checks the
+/// local sessions against the owner table every [`RECHECK_EVERY`]. Returns at once on
+/// SQLite.
 pub async fn run(state: AppState, stop: CancellationToken) {
     let Database::Postgres(pool) = &state.db else {
         return;
     };
+    tokio::join!(
+        listen_until(&state, pool, &stop),
+        recheck_until(&state, pool, &stop)
+    );
+}
+
+async fn recheck_until(state: &Shared, pool: &PgPool, stop: &CancellationToken) {
+    let mut every = tokio::time::interval(RECHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = resync(state, pool).await {
+            tracing::debug!(error = %e, "could not check the sessions against their owners");
+        }
+    }
+}
+
+async fn listen_until(state: &Shared, pool: &PgPool, stop: &CancellationToken) {
     // A dedicated connection: LISTEN holds it for the life of the node, and it must not
     // wait behind the commands for a pooled one.
     let options = (*pool.connect_options())
@@ -98,7 +124,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
     loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => break,
-            outcome = listen(&state, pool, &dedicated, &mut delay) => outcome,
+            outcome = listen(state, pool, &dedicated, &mut delay) => outcome,
         };
         if let Err(e) = outcome {
             tracing::warn!(error = %e, retry_in = ?delay, "the cluster listener lost its connection; connecting again");

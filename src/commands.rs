@@ -88,7 +88,18 @@ pub async fn execute(
                 return Err(CommandError::Replaced);
             }
         }
-        state.streams.execute(user_id, command, &metadata).await?
+        match state.streams.execute(user_id, command, &metadata).await {
+            Ok(committed) => committed,
+            Err(AppendError::Replaced(_)) => {
+                // The database says another session owns the user, maybe on a node whose
+                // notice has not arrived (or never will): this socket closes with 4001 now.
+                if let Origin::Session { session_id, .. } = origin {
+                    state.registry.evict(user_id, *session_id);
+                }
+                return Err(CommandError::Replaced);
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     if !committed.events.is_empty() {
         state.projections.nudge();

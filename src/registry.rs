@@ -153,6 +153,20 @@ impl Registry {
         older
     }
 
+    /// Evicts `session_id` if it is still the user's live session here: the database refused
+    /// its append, so another session owns the user, whether or not this node heard of it.
+    pub fn evict(&self, user_id: &str, session_id: Uuid) {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(user_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            if let Some(old) = sessions.remove(user_id) {
+                old.evicted.cancel();
+            }
+        }
+    }
+
     /// Every live session of this node as (user, session, generation), for checking them
     /// against the owners recorded in the database.
     pub fn sessions_with_generation(&self) -> Vec<(String, Uuid, i64)> {

@@ -309,6 +309,10 @@ async fn the_database_refuses_an_append_of_a_replaced_session() {
         "{refused:?}"
     );
     assert_eq!(a.state.streams.load("rita").await.unwrap().sequence, 0);
+    assert!(
+        stale.evicted.is_cancelled(),
+        "a session the database refused is evicted on its node"
+    );
     let recorded = commands::execute(&b.state, "rita", chat("new"), &as_session(new))
         .await
         .expect("the owner records");
@@ -468,4 +472,63 @@ async fn two_processes_evict_each_other_and_survive_a_kill() {
         .count();
     assert_eq!(answers, 4, "{events:?}");
     node_b.kill().await.unwrap();
+}
+
+/// Runs `sql` on the server's maintenance database (not the one under test).
+async fn on_admin_database(app: &TestApp, sql: &str) {
+    let admin = std::env::var("DATABASE_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    let name = app.db.url.rsplit('/').next().unwrap();
+    sqlx::query(&sql.replace("{db}", name))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn readyz(app: &TestApp) -> u16 {
+    match app.http.get(app.url("/readyz")).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// The database goes away under both nodes (connections refused, every backend of it
+/// terminated, as in a restart, without touching the server other tests share): both
+/// report 503 while it is away and recover by themselves, listeners included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_nodes_recover_from_the_database_going_away() {
+    let Some((a, b)) = two_postgres_nodes().await else {
+        return;
+    };
+    let mut on_a = a.connect("dora").await;
+    on_admin_database(&a, "alter database {db} allow_connections false").await;
+    on_admin_database(
+        &a,
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{db}'",
+    )
+    .await;
+    for node in [&a, &b] {
+        until(
+            "/readyz to answer 503 while the database is away",
+            || async { (readyz(node).await == 503).then_some(()) },
+        )
+        .await;
+    }
+    on_admin_database(&a, "alter database {db} allow_connections true").await;
+    for node in [&a, &b] {
+        until("the node to be ready and listening again", || async {
+            (readyz(node).await == 200 && node.state.metrics.cluster_listener_up.get() == 1)
+                .then_some(())
+        })
+        .await;
+    }
+    // The socket on A outlived the outage, and eviction works across nodes again.
+    on_a.assert_alive().await;
+    let mut on_b = b.connect("dora").await;
+    assert_replaced(&mut on_a).await;
+    on_b.start("demo").await;
+    b.stop().await;
 }
