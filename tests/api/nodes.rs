@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::durability::start_process;
 use crate::helpers::{
-    demo_answer, spawn_app_with, start_on, ws_connect, Backend, TestApp, WsClient, SECRET,
+    demo_answer, small_test, spawn_app_with, start_on, ws_connect, Backend, TestApp, WsClient,
+    SECRET,
 };
 
 /// Fast heartbeats, so the test waits for milliseconds, not seconds.
@@ -530,5 +531,35 @@ async fn both_nodes_recover_from_the_database_going_away() {
     let mut on_b = b.connect("dora").await;
     assert_replaced(&mut on_a).await;
     on_b.start("demo").await;
+    b.stop().await;
+}
+
+/// A timed attempt started on A whose user moved to B: B's socket fires the deadline, A's
+/// old session cannot, and the attempt is completed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_is_fired_once_by_the_node_holding_the_socket() {
+    let Some((a, b)) = two_postgres_nodes().await else {
+        return;
+    };
+    a.put_test("quick", small_test(1, Some(2))).await;
+    let mut on_a = a.connect("tim").await;
+    let (started, _) = on_a.start("quick").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    let mut on_b = b.connect("tim").await;
+    on_b.recv_type("ASSESSMENT_RESUMED").await;
+    on_b.recv_type("QUESTION").await;
+    assert_replaced(&mut on_a).await;
+    let completed = on_b.recv_type("ASSESSMENT_COMPLETED").await;
+    assert_eq!(completed["reason"], "time_expired");
+    assert_eq!(completed["assessment_id"], id.as_str());
+    on_b.assert_alive().await;
+    let completions: Vec<Value> = b
+        .stream_of("tim")
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "AssessmentCompleted")
+        .collect();
+    assert_eq!(completions.len(), 1, "{completions:?}");
+    assert_eq!(completions[0]["metadata"]["node_id"], "node-b");
     b.stop().await;
 }
