@@ -90,6 +90,8 @@ impl Application {
         // its sockets as open) until they are.
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(crate::nodes::run(state.clone(), heartbeat_stop.clone()));
+        // Cross-node eviction and "stream changed" notices, for as long as the heartbeat.
+        let cluster = tokio::spawn(crate::cluster::run(state.clone(), heartbeat_stop.clone()));
         let router = router(state.clone());
         let stop = state.shutdown.clone();
         // TCP_NODELAY: a WebSocket sends small frames one after another (AGENT_THINKING
@@ -118,6 +120,12 @@ impl Application {
             .is_err()
         {
             tracing::warn!("the node heartbeat did not stop within the shutdown grace period");
+        }
+        if tokio::time::timeout(self.shutdown_grace, cluster)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the cluster listener did not stop within the shutdown grace period");
         }
         projections_stop.cancel();
         if tokio::time::timeout(self.shutdown_grace, projections)

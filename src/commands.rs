@@ -60,6 +60,7 @@ impl From<AppendError> for CommandError {
             AppendError::Rule(e) => CommandError::Rule(e),
             AppendError::Conflict => CommandError::Conflict,
             AppendError::Store(e) => CommandError::Store(e),
+            AppendError::Replaced(_) => CommandError::Replaced,
         }
     }
 }
@@ -87,7 +88,18 @@ pub async fn execute(
                 return Err(CommandError::Replaced);
             }
         }
-        state.streams.execute(user_id, command, &metadata).await?
+        match state.streams.execute(user_id, command, &metadata).await {
+            Ok(committed) => committed,
+            Err(AppendError::Replaced(_)) => {
+                // The database says another session owns the user, maybe on a node whose
+                // notice has not arrived (or never will): this socket closes with 4001 now.
+                if let Origin::Session { session_id, .. } = origin {
+                    state.registry.evict(user_id, *session_id);
+                }
+                return Err(CommandError::Replaced);
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     if !committed.events.is_empty() {
         state.projections.nudge();
@@ -95,6 +107,15 @@ pub async fn execute(
         // else's change is pushed.
         if matches!(origin, Origin::Admin { .. }) {
             state.registry.notify(user_id);
+        }
+        // The user's socket may be on another node: an admin's change, or a grade recorded
+        // after the user moved away from the session that accepted the answer.
+        let moved = match origin {
+            Origin::Graded { session_id, .. } => !state.registry.is_live(user_id, *session_id),
+            _ => false,
+        };
+        if matches!(origin, Origin::Admin { .. }) || moved {
+            crate::cluster::publish_changed(state, user_id).await;
         }
     }
     Ok(committed)
@@ -114,12 +135,19 @@ fn metadata(state: &Shared, user_id: &str, origin: &Origin) -> EventMetadata {
             request_id: request_id.clone(),
             node_id: state.node_id.clone(),
             actor: format!("user:{user_id}"),
+            // The session's own commands append only while it owns the user (on every
+            // node); a grade belongs to the stream and is recorded regardless.
+            must_own: match origin {
+                Origin::Session { session_id, .. } => Some(*session_id),
+                _ => None,
+            },
         },
         Origin::Admin { admin_id } => EventMetadata {
             connection_id: None,
             request_id: None,
             node_id: state.node_id.clone(),
             actor: format!("admin:{admin_id}"),
+            must_own: None,
         },
     }
 }

@@ -152,7 +152,7 @@ pub async fn seed(
                     return Ok::<_, anyhow::Error>(());
                 }
                 let number = first + i;
-                let mut user = SeededUser::new(&state, number);
+                let mut user = SeededUser::new(&state, number).await?;
                 for _ in 0..share(i) {
                     let written = user.attempt(&test).await?;
                     let events_written = events.fetch_add(written, Ordering::Relaxed) + written;
@@ -223,18 +223,20 @@ struct SeededUser {
 }
 
 impl SeededUser {
-    /// Registers the user's session, so its commands pass the live-session check (and
-    /// take the same command lock) a socket's would.
-    fn new(state: &AppState, number: u64) -> Self {
+    /// Claims the user for its session, so its commands pass the owner check (and take the
+    /// same command lock) a socket's would.
+    async fn new(state: &AppState, number: u64) -> anyhow::Result<Self> {
         let user_id = user_id(number);
         let session_id = Uuid::new_v4();
-        state.registry.register(&user_id, session_id);
-        Self {
+        crate::ownership::take(state, &user_id, session_id)
+            .await
+            .with_context(|| format!("Failed to claim {user_id} for seeding"))?;
+        Ok(Self {
             state: state.clone(),
             user_id,
             session_id,
             rng: StdRng::seed_from_u64(SEED ^ number),
-        }
+        })
     }
 
     /// Starts an attempt of `test` and answers it to completion; returns the events

@@ -18,6 +18,9 @@
 //! - [`jobs`]: background jobs an admin follows (projection rebuilds).
 //! - [`registry`]: the live sessions of this node, one per user, their command locks, and
 //!   the connection cap.
+//! - [`ownership`]: which session owns each user across every node (PostgreSQL), checked
+//!   in the transaction of every append; [`cluster`]: the nodes' LISTEN/NOTIFY channel
+//!   (cross-node eviction, "stream changed").
 //! - [`store`]: the event store (cqrs-es on SQLite or PostgreSQL), test definitions, audit
 //!   queries.
 //! - [`tutor`]: the tutor behind `CHAT_MESSAGE` (offline by default).
@@ -35,6 +38,7 @@ pub mod ai;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod definitions;
@@ -44,6 +48,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod nodes;
+pub mod ownership;
 pub mod rate_limit;
 pub mod registry;
 pub mod state;

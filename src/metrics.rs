@@ -64,6 +64,8 @@ pub struct Metrics {
     pub ai_call_seconds: Family<AiTaskLabel, Histogram>,
     pub ai_tokens: Family<TokenLabel, Counter<u64, AtomicU64>>,
     pub ai_fallbacks: Family<AiTaskLabel, Counter<u64, AtomicU64>>,
+    /// 1 while this node listens for the other nodes (PostgreSQL), else 0.
+    pub cluster_listener_up: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Metrics {
@@ -135,6 +137,12 @@ impl Metrics {
             "Answers the offline grader graded because the model failed, by profile and task",
             ai_fallbacks.clone(),
         );
+        let cluster_listener_up = Gauge::default();
+        registry.register(
+            "cluster_listener_up",
+            "1 while this node listens for the other nodes' notifications (PostgreSQL)",
+            cluster_listener_up.clone(),
+        );
         Self {
             registry,
             connections,
@@ -148,6 +156,7 @@ impl Metrics {
             ai_call_seconds,
             ai_tokens,
             ai_fallbacks,
+            cluster_listener_up,
         }
     }
 

@@ -5,11 +5,13 @@
 //! old and new sessions and by admin commands, so a new session starts reading the stream
 //! only after the old session's in-flight command has been recorded.
 //!
-//! Eviction across nodes (a later issue) will cancel the same token through the shared
-//! database; this registry is the local end of it.
+//! Each session carries the generation of its claim on the user ([`crate::ownership`]):
+//! a registration or an eviction notice only ever removes a session of a LOWER generation,
+//! so the order in which claims and notices reach this node does not matter. Eviction
+//! across nodes ([`crate::cluster`]) cancels the same token as a local one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -18,6 +20,8 @@ use uuid::Uuid;
 
 struct Entry {
     session_id: Uuid,
+    /// The generation of the claim that made this session the user's owner.
+    generation: i64,
     evicted: CancellationToken,
     changed: Arc<Notify>,
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -27,6 +31,8 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
     live: Arc<AtomicUsize>,
     cap: usize,
+    /// Generations handed out when this process is the whole cluster (SQLite).
+    local_generation: AtomicI64,
 }
 
 /// A reserved connection slot; dropping it frees the slot.
@@ -57,6 +63,7 @@ impl Registry {
             sessions: Mutex::new(HashMap::new()),
             live: Arc::new(AtomicUsize::new(0)),
             cap,
+            local_generation: AtomicI64::new(0),
         }
     }
 
@@ -83,11 +90,30 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes `session_id` the user's live session, evicting the previous one.
-    pub fn register(&self, user_id: &str, session_id: Uuid) -> Registration {
+    /// The next generation of a claim made in this process alone (SQLite, where one node
+    /// is the whole cluster): increasing, like the database's on PostgreSQL.
+    pub fn next_local_generation(&self) -> i64 {
+        self.local_generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Makes `session_id`, whose claim has `generation`, the user's live session, evicting
+    /// the previous one. When the user's current session holds a newer claim (the two
+    /// claims reached this node out of order), the new one is born evicted instead.
+    pub fn register(&self, user_id: &str, session_id: Uuid, generation: i64) -> Registration {
         let evicted = CancellationToken::new();
         let changed = Arc::new(Notify::new());
         let mut sessions = self.sessions();
+        if sessions
+            .get(user_id)
+            .is_some_and(|current| current.generation > generation)
+        {
+            evicted.cancel();
+            return Registration {
+                evicted,
+                changed,
+                evicted_other: false,
+            };
+        }
         let (lock, evicted_other) = match sessions.remove(user_id) {
             Some(old) => {
                 old.evicted.cancel();
@@ -99,6 +125,7 @@ impl Registry {
             user_id.to_string(),
             Entry {
                 session_id,
+                generation,
                 evicted: evicted.clone(),
                 changed: changed.clone(),
                 lock,
@@ -109,6 +136,44 @@ impl Registry {
             changed,
             evicted_other,
         }
+    }
+
+    /// Evicts the user's session here if another one, `owner`, has since claimed the user
+    /// with a higher `generation` (on another node, or here). Returns whether one was.
+    pub fn evict_older(&self, user_id: &str, owner: Uuid, generation: i64) -> bool {
+        let mut sessions = self.sessions();
+        let older = sessions
+            .get(user_id)
+            .is_some_and(|e| e.session_id != owner && e.generation < generation);
+        if older {
+            if let Some(old) = sessions.remove(user_id) {
+                old.evicted.cancel();
+            }
+        }
+        older
+    }
+
+    /// Evicts `session_id` if it is still the user's live session here: the database refused
+    /// its append, so another session owns the user, whether or not this node heard of it.
+    pub fn evict(&self, user_id: &str, session_id: Uuid) {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(user_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            if let Some(old) = sessions.remove(user_id) {
+                old.evicted.cancel();
+            }
+        }
+    }
+
+    /// Every live session of this node as (user, session, generation), for checking them
+    /// against the owners recorded in the database.
+    pub fn sessions_with_generation(&self) -> Vec<(String, Uuid, i64)> {
+        self.sessions()
+            .iter()
+            .map(|(user, e)| (user.clone(), e.session_id, e.generation))
+            .collect()
     }
 
     /// Removes the user's entry only if it is still this session's.
@@ -157,10 +222,10 @@ mod tests {
     fn a_new_session_evicts_the_old_one_and_only_the_old_one() {
         let registry = Registry::new(10);
         let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = registry.register("alice", old);
+        let first = registry.register("alice", old, 1);
         assert!(!first.evicted_other);
         let lock = registry.user_lock("alice");
-        let second = registry.register("alice", new);
+        let second = registry.register("alice", new, 2);
         assert!(second.evicted_other);
         assert!(first.evicted.is_cancelled());
         assert!(!second.evicted.is_cancelled());
@@ -175,6 +240,28 @@ mod tests {
         registry.unregister("alice", new);
         assert!(!registry.is_live("alice", new));
         assert!(registry.live_users().is_empty());
+    }
+
+    #[test]
+    fn claims_that_arrive_out_of_order_leave_the_newest_session_live() {
+        let registry = Registry::new(10);
+        let (older, newer, elsewhere) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let live = registry.register("bob", newer, 5);
+        // the older claim registers late: born evicted, the newer one untouched
+        let late = registry.register("bob", older, 4);
+        assert!(late.evicted.is_cancelled());
+        assert!(!late.evicted_other);
+        assert!(!live.evicted.is_cancelled());
+        assert!(registry.is_live("bob", newer));
+        // a stale notice (a lower generation) evicts nothing, nor does our own
+        assert!(!registry.evict_older("bob", elsewhere, 3));
+        assert!(!registry.evict_older("bob", newer, 5));
+        assert!(!live.evicted.is_cancelled());
+        // a newer claim on another node evicts it
+        assert!(registry.evict_older("bob", elsewhere, 6));
+        assert!(live.evicted.is_cancelled());
+        assert!(!registry.is_live("bob", newer));
+        assert!(registry.sessions_with_generation().is_empty());
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //!   snapshot over the existing row, a conflict on every later command. Here such a
 //!   snapshot is handed over as "nothing applied yet" with its row's number, so the replay
 //!   is complete and the next snapshot UPDATEs the row.
+//! - **One writer per user across nodes.** On PostgreSQL the append goes through
+//!   [`super::pg_append`], which checks in the same transaction that the appending session
+//!   still owns the user when the command path asked for it (the metadata key
+//!   [`MUST_OWN_KEY`], removed here before anything is hashed or stored).
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
@@ -24,6 +28,9 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::ownership::MUST_OWN_KEY;
 
 use super::{Database, StoreError};
 
@@ -212,6 +219,7 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let mut chained = events.to_vec();
+        let must_own = take_must_own(&mut chained);
         if let Some(first) = events.first() {
             let mut previous = self
                 .hash_at(
@@ -245,7 +253,14 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
             )),
             None => None,
         };
-        self.inner.persist::<A>(&chained, snapshot_update).await
+        match &self.db {
+            Database::Postgres(pool) => {
+                super::pg_append::persist::<A>(pool, &chained, snapshot_update, must_own).await
+            }
+            // One process is the whole cluster: the command lock and the registry's
+            // live-session check already keep a replaced session from recording.
+            Database::Sqlite(_) => self.inner.persist::<A>(&chained, snapshot_update).await,
+        }
     }
 
     async fn stream_events<A: Aggregate>(
@@ -258,6 +273,21 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         self.inner.stream_all_events::<A>().await
     }
+}
+
+/// Removes the owner-check instruction from every event's metadata (cqrs-es puts the same
+/// metadata on each) and returns the session it names. A value that is not a session id
+/// cannot come from the command path; it is dropped like the key.
+fn take_must_own(events: &mut [SerializedEvent]) -> Option<Uuid> {
+    let mut must_own = None;
+    for event in events {
+        if let Value::Object(map) = &mut event.metadata {
+            if let Some(Value::String(session)) = map.remove(MUST_OWN_KEY) {
+                must_own = must_own.or_else(|| Uuid::parse_str(&session).ok());
+            }
+        }
+    }
+    must_own
 }
 
 /// The result of checking one stream's chain (docs/protocol.md, section 5, "What verify

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use super::chain::ChainedRepository;
 use super::{Database, StoreError};
+use crate::ownership::NotOwner;
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 5;
@@ -29,6 +30,9 @@ pub struct EventMetadata {
     pub node_id: String,
     /// `user:<sub>` for a test-taker's own actions, `admin:<sub>` for an admin's.
     pub actor: String,
+    /// Append only while this session owns the user (on PostgreSQL, checked in the
+    /// append's transaction: [`crate::ownership`]). Not recorded.
+    pub must_own: Option<uuid::Uuid>,
 }
 
 impl EventMetadata {
@@ -46,6 +50,9 @@ impl EventMetadata {
         }
         if let Some(id) = &self.request_id {
             map.insert("request_id".into(), id.clone());
+        }
+        if let Some(session) = self.must_own {
+            map.insert(crate::ownership::MUST_OWN_KEY.into(), session.to_string());
         }
         map
     }
@@ -75,6 +82,9 @@ pub enum AppendError {
     /// Other writers kept appending to the stream; the caller may try again.
     #[error("the stream kept changing; gave up after {MAX_ATTEMPTS} attempts")]
     Conflict,
+    /// The appending session no longer owns the user (a newer connection claimed it).
+    #[error(transparent)]
+    Replaced(#[from] crate::ownership::NotOwner),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -183,6 +193,12 @@ async fn try_once<R: cqrs_es::persist::PersistedEventRepository>(
             state,
         })),
         Err(err) if is_conflict(&err) => Ok(Attempt::Conflict),
+        Err(AggregateError::UnexpectedError(inner)) if inner.is::<NotOwner>() => {
+            match inner.downcast::<NotOwner>() {
+                Ok(not_owner) => Err(AppendError::Replaced(*not_owner)),
+                Err(other) => Err(store_error(AggregateError::UnexpectedError(other)).into()),
+            }
+        }
         Err(err) => Err(store_error(err).into()),
     }
 }

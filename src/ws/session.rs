@@ -69,7 +69,30 @@ where
     let mut writer = tokio::spawn(write_loop(sink, out_rx, state.limits.write_timeout));
     state.metrics.connections.inc();
 
-    let registration = state.registry.register(&identity.user_id, session_id);
+    // The claim commits (and the older socket, on any node, is told) before the stream is
+    // read, so this session sees everything the older one recorded.
+    let registration = match crate::ownership::take(&state, &identity.user_id, session_id).await {
+        Ok(registration) => registration,
+        Err(e) => {
+            tracing::error!(user_id = %identity.user_id, error = %e, "could not claim the user's stream");
+            let refusal = Reply::error(&ClientError::from(e));
+            let _ = Outbox::new(out_tx.clone(), state.clone(), None)
+                .send(vec![refusal])
+                .await;
+            let _ = out_tx.try_send(Outbound::Close(
+                close::TRY_AGAIN_LATER,
+                "could not load your stream; reconnect",
+            ));
+            drop(out_tx);
+            let grace = state.limits.write_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(grace, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            state.metrics.connections.dec();
+            drop(slot);
+            return;
+        }
+    };
     if registration.evicted_other {
         state.metrics.evictions.inc();
     }

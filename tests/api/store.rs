@@ -175,8 +175,12 @@ async fn a_replaced_session_records_nothing(backend: Backend) {
         return;
     };
     let (old, new) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let _old = app.state.registry.register("rita", old);
-    let _new = app.state.registry.register("rita", new);
+    let _old = assessd::ownership::take(&app.state, "rita", old)
+        .await
+        .unwrap();
+    let _new = assessd::ownership::take(&app.state, "rita", new)
+        .await
+        .unwrap();
     let as_session = |session_id| Origin::Session {
         session_id,
         request_id: None,
