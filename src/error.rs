@@ -112,7 +112,10 @@ impl From<DomainError> for ClientError {
             DomainError::AssessmentNotFound { .. } => ErrorCode::NotFound,
             DomainError::WrongQuestion { .. } => ErrorCode::WrongQuestion,
             DomainError::AnswerAlreadyRecorded { .. } => ErrorCode::Conflict,
-            DomainError::InvalidAnswer(_) | DomainError::InvalidChat(_) => ErrorCode::BadRequest,
+            DomainError::InvalidAnswer(_)
+            | DomainError::InvalidChat(_)
+            | DomainError::Invalid(_) => ErrorCode::BadRequest,
+            DomainError::NoOverride { .. } => ErrorCode::NotFound,
             DomainError::InconsistentCommand(_) => return ClientError::internal(&err),
         };
         ClientError::new(code, err.to_string())
@@ -210,6 +213,15 @@ pub enum ApiError {
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::Client(ClientError::new(code, message))
+    }
+
+    /// A command refused for a bad value in an admin's request body (`extra_secs`,
+    /// `max_attempts`, `reason`, ...): 422 naming that field; anything else as usual.
+    pub fn from_command(err: CommandError) -> Self {
+        match err {
+            CommandError::Rule(DomainError::Invalid(e)) => ApiError::Invalid(e),
+            other => ApiError::Client(other.into()),
+        }
     }
 }
 
