@@ -6,6 +6,7 @@
 //!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
 //! - [`audit`]: read-only queries over the event history for auditors.
 //! - [`audit_log`]: the log of those reads (who read whose data, when, how).
+//! - [`takers`]: which users' streams hold a test's answers or overrides (indexed).
 //!
 //! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
 //! by `assessd migrate`.
@@ -15,6 +16,7 @@ pub mod audit_log;
 pub mod catalog;
 pub mod chain;
 pub mod streams;
+pub mod takers;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
