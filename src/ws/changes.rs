@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(replies[0].seq, Some(seen + 1));
         assert!(matches!(
             &replies[1].message,
-            ServerMessage::ScoreChanged { score, max_score, passed: true, .. } if *score == 1.0 && *max_score == 2.0
+            ServerMessage::ScoreChanged { score, max_score, passed: false, .. } if *score == 1.0 && *max_score == 2.0
         ));
         assert!(
             since(&state, state.sequence).is_empty(),
