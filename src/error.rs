@@ -112,7 +112,10 @@ impl From<DomainError> for ClientError {
             DomainError::AssessmentNotFound { .. } => ErrorCode::NotFound,
             DomainError::WrongQuestion { .. } => ErrorCode::WrongQuestion,
             DomainError::AnswerAlreadyRecorded { .. } => ErrorCode::Conflict,
-            DomainError::InvalidAnswer(_) | DomainError::InvalidChat(_) => ErrorCode::BadRequest,
+            DomainError::InvalidAnswer(_)
+            | DomainError::InvalidChat(_)
+            | DomainError::Invalid(_) => ErrorCode::BadRequest,
+            DomainError::NoOverride { .. } => ErrorCode::NotFound,
             DomainError::InconsistentCommand(_) => return ClientError::internal(&err),
         };
         ClientError::new(code, err.to_string())
@@ -210,6 +213,45 @@ pub enum ApiError {
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::Client(ClientError::new(code, message))
+    }
+
+    /// A regrade that cannot start: 404 for an unknown test, 422 naming the field.
+    pub fn from_plan(err: crate::regrade::PlanError) -> Self {
+        match err {
+            crate::regrade::PlanError::UnknownTest { .. } => {
+                ApiError::new(ErrorCode::NotFound, err.to_string())
+            }
+            crate::regrade::PlanError::Invalid(e) => ApiError::Invalid(e),
+            crate::regrade::PlanError::Store(e) => ApiError::Client(e.into()),
+        }
+    }
+
+    /// A request body of an admin endpoint that is not the JSON it expects: 422 naming
+    /// the field to blame (`body` when no field is).
+    pub fn bad_body(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = err.path().to_string();
+        let message = err.into_inner().to_string();
+        // serde says "missing field `x`" or "unknown field `x`, expected ..." at the top.
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        let field = match (path.as_str(), named) {
+            ("." | "?" | "", Some(name)) => name,
+            ("." | "?" | "", None) => "body".to_string(),
+            (path, _) => path.to_string(),
+        };
+        ApiError::Invalid(ValidationError { field, message })
+    }
+
+    /// A command refused for a bad value in an admin's request body (`extra_secs`,
+    /// `max_attempts`, `reason`, ...): 422 naming that field; anything else as usual.
+    pub fn from_command(err: CommandError) -> Self {
+        match err {
+            CommandError::Rule(DomainError::Invalid(e)) => ApiError::Invalid(e),
+            other => ApiError::Client(other.into()),
+        }
     }
 }
 

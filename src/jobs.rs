@@ -1,5 +1,5 @@
-//! Background jobs an admin starts and then follows (`GET /api/admin/jobs/{id}`): today,
-//! projection rebuilds. Jobs live in this process; a restart forgets them (the rebuild
+//! Background jobs an admin starts and then follows (`GET /api/admin/jobs/{id}`):
+//! projection rebuilds, and regrades (src/regrade.rs). Jobs live in this process; a restart forgets them (the rebuild
 //! itself leaves the live view as it was unless it finished).
 
 use std::collections::HashMap;
@@ -28,6 +28,15 @@ pub struct Job {
     /// Why a failed job failed.
     #[schema(required = true)]
     pub error: Option<String>,
+    /// A regrade's test (its `projection` is empty; `events_done` and `events_total`
+    /// count the users' streams regraded and to regrade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub test_id: Option<String>,
+    /// A regrade's `AnswerRegraded` events recorded so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub answers_regraded: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -72,9 +81,41 @@ impl Jobs {
                 started_at: Utc::now(),
                 finished_at: None,
                 error: None,
+                test_id: None,
+                answers_regraded: None,
             },
         );
         Some(job_id)
+    }
+
+    /// Registers a running regrade of `test_id` over `streams` users' streams.
+    pub fn start_regrade(&self, test_id: &str, streams: u64) -> String {
+        let job_id = Uuid::now_v7().to_string();
+        self.jobs().insert(
+            job_id.clone(),
+            Job {
+                job_id: job_id.clone(),
+                kind: "regrade".into(),
+                projection: String::new(),
+                status: JobStatus::Running,
+                events_done: 0,
+                events_total: streams,
+                started_at: Utc::now(),
+                finished_at: None,
+                error: None,
+                test_id: Some(test_id.to_string()),
+                answers_regraded: Some(0),
+            },
+        );
+        job_id
+    }
+
+    /// A regrade's progress: `streams` users' streams done, `answers` answers regraded.
+    pub fn regrade_progress(&self, job_id: &str, streams: u64, answers: u64) {
+        if let Some(job) = self.jobs().get_mut(job_id) {
+            job.events_done = streams;
+            job.answers_regraded = Some(answers);
+        }
     }
 
     pub fn progress(&self, job_id: &str, done: u64, total: u64) {

@@ -15,7 +15,8 @@
 //! - [`http`]: the HTTP API, one module per feature (health, the socket upgrade, tests,
 //!   admin, audit), and the browser pages with their development sign-in.
 //! - [`rate_limit`]: each user's message budget.
-//! - [`jobs`]: background jobs an admin follows (projection rebuilds).
+//! - [`jobs`]: background jobs an admin follows (projection rebuilds, regrades).
+//! - [`regrade`]: a question's key or points corrected for every attempt, as a job.
 //! - [`registry`]: the live sessions of this node, one per user, their command locks, and
 //!   the connection cap.
 //! - [`ownership`]: which session owns each user across every node (PostgreSQL), checked
@@ -51,6 +52,7 @@ pub mod nodes;
 pub mod ownership;
 pub mod rate_limit;
 pub mod registry;
+pub mod regrade;
 pub mod state;
 pub mod store;
 pub mod tutor;

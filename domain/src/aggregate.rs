@@ -1,12 +1,14 @@
 //! [`UserStream`]: the per-user aggregate (id = the JWT `sub`). It owns every rule of
 //! PROTOCOL section 2.2, so no path into the system can skip one.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::UserCommand;
+use crate::commands::{Regrade, UserCommand};
 use crate::error::DomainError;
 use crate::events::{
     AiGrading, AiProvenance, Answer, CompletionReason, GenerationOutcome, PresentedChoice,
@@ -14,12 +16,16 @@ use crate::events::{
 };
 use crate::generated::{self, ADAPTIVE_POINTS};
 use crate::grading;
-use crate::test_definition::{QuestionDefinition, TestDefinition};
+use crate::test_definition::{QuestionDefinition, TestDefinition, ValidationError};
 
 /// Longest chat message accepted, in characters.
 pub const MAX_CHAT_CHARS: usize = 2_000;
 /// Where bank questions come from, recorded in `QuestionPresented::source`.
 pub const QUESTION_BANK: &str = "question_bank";
+/// Most extra time one extension grants (a day), and the least.
+pub const MAX_EXTRA_SECS: u32 = 86_400;
+/// Longest `reason` an admin may give, in characters.
+pub const MAX_REASON_CHARS: usize = 1_000;
 
 /// Everything the rules need to know about one user, rebuilt from their events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +34,34 @@ pub struct UserStream {
     pub sequence: usize,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
+    /// The user's own limits, by test id, while an admin's override is in force.
+    /// Defaults to none, so older snapshots load.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Override>,
+}
+
+/// An admin's override of one test's limits for this user (`OverrideSet`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    /// `None`: the test's own.
+    pub max_attempts: Option<u32>,
+    /// `None`: the test's own.
+    pub time_limit_secs: Option<u32>,
+    pub reason: String,
+    pub actor: String,
+    pub set_at: DateTime<Utc>,
+    /// The sequence of the `OverrideSet` event.
+    pub seq: usize,
+}
+
+/// The latest extension of an attempt's deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    pub extra_secs: u32,
+    /// Every extension of the attempt added up.
+    pub total_extra_secs: u32,
+    /// The sequence of the `DeadlineExtended` event.
+    pub seq: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +89,10 @@ pub struct Attempt {
     /// snapshots load.
     #[serde(default)]
     pub generated: Vec<QuestionDefinition>,
+    /// The latest `DeadlineExtended`, if an admin gave extra time. Defaults to none, so
+    /// older snapshots load.
+    #[serde(default)]
+    pub extension: Option<Extension>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +112,10 @@ pub struct RecordedAnswer {
     pub question_id: String,
     pub answer: Answer,
     pub feedback: Option<RecordedFeedback>,
+    /// The sequence of the latest `AnswerRegraded` of this answer, if it was regraded.
+    /// Defaults to none, so older snapshots load.
+    #[serde(default)]
+    pub regraded_seq: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +180,18 @@ impl UserStream {
             .find(|a| a.assessment_id == assessment_id)
     }
 
+    /// The limits that apply to this user's next attempt of `test`: the test's own, or
+    /// the admin's override in force, as `(max_attempts, time_limit_secs)`.
+    pub fn effective_limits(&self, test: &TestDefinition) -> (u32, Option<u32>) {
+        match self.overrides.get(&test.id) {
+            Some(o) => (
+                o.max_attempts.unwrap_or(test.max_attempts),
+                o.time_limit_secs.or(test.time_limit_secs),
+            ),
+            None => (test.max_attempts, test.time_limit_secs),
+        }
+    }
+
     pub fn attempts_used(&self, test_id: &str) -> u32 {
         self.attempts
             .iter()
@@ -182,6 +236,30 @@ impl UserStream {
             UserCommand::EndByAdmin { assessment_id, now } => {
                 decision.end_by_admin(assessment_id, now)?
             }
+            UserCommand::ExtendDeadline {
+                assessment_id,
+                extra_secs,
+                reason,
+                actor,
+                now,
+            } => decision.extend(assessment_id, extra_secs, reason, actor, now)?,
+            UserCommand::SetOverride {
+                test_id,
+                max_attempts,
+                time_limit_secs,
+                reason,
+                actor,
+                now,
+            } => {
+                decision.set_override(test_id, max_attempts, time_limit_secs, reason, actor, now)?
+            }
+            UserCommand::ClearOverride {
+                test_id,
+                reason,
+                actor,
+                now,
+            } => decision.clear_override(test_id, reason, actor, now)?,
+            UserCommand::Regrade(regrade) => decision.regrade(*regrade)?,
             UserCommand::PresentQuestion {
                 assessment_id,
                 test,
@@ -222,6 +300,41 @@ pub enum Outcome {
     Presented { assessment_id: String },
     /// Nothing was asked but the clock: an overdue attempt, if any, was completed.
     Checked,
+    /// An admin moved the attempt's deadline later.
+    Extended { assessment_id: String },
+    /// An admin set the user's override of a test.
+    OverrideSet { test_id: String },
+    /// An admin ended the user's override of a test.
+    OverrideCleared { test_id: String },
+    /// A regrade recorded `changed` new grades (none when every answer already had its
+    /// corrected grade).
+    Regraded { changed: u32 },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> DomainError {
+    DomainError::Invalid(ValidationError {
+        field: field.to_string(),
+        message: message.into(),
+    })
+}
+
+/// An admin's reason is required (it is what the audit history shows) and bounded.
+fn check_reason(reason: &str) -> Result<(), DomainError> {
+    if reason.trim().is_empty() {
+        return Err(invalid("reason", "must not be empty"));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(invalid(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Two scores are the same score (they are sums of a few products of small numbers).
+fn same_score(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
 }
 
 /// A decided command: what it means and the events that record it (in order). Any attempt
@@ -280,10 +393,11 @@ impl Deciding {
             });
         }
         let used = self.state.attempts_used(&test.id);
-        if used >= test.max_attempts {
+        let (max_attempts, time_limit_secs) = self.state.effective_limits(test);
+        if used >= max_attempts {
             return Err(DomainError::AttemptsUsedUp {
                 test_id: test.id.clone(),
-                max_attempts: test.max_attempts,
+                max_attempts,
             });
         }
         let mut sorted_order = question_order.clone();
@@ -311,10 +425,8 @@ impl Deciding {
                 .adaptive_count()
                 .map_or_else(|| test.max_score(), |n| f64::from(n) * ADAPTIVE_POINTS),
             pass_ratio: test.pass_ratio,
-            time_limit_secs: test.time_limit_secs,
-            deadline: test
-                .time_limit_secs
-                .map(|secs| now + Duration::seconds(i64::from(secs))),
+            time_limit_secs,
+            deadline: time_limit_secs.map(|secs| now + Duration::seconds(i64::from(secs))),
             question_order,
             started_at: now,
         });
@@ -644,6 +756,186 @@ impl Deciding {
     }
 }
 
+impl Deciding {
+    fn extend(
+        &mut self,
+        assessment_id: String,
+        extra_secs: u32,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DomainError> {
+        if !(1..=MAX_EXTRA_SECS).contains(&extra_secs) {
+            return Err(invalid(
+                "extra_secs",
+                format!("must be from 1 to {MAX_EXTRA_SECS}"),
+            ));
+        }
+        check_reason(&reason)?;
+        let attempt =
+            self.state
+                .attempt(&assessment_id)
+                .ok_or_else(|| DomainError::AssessmentNotFound {
+                    assessment_id: assessment_id.clone(),
+                })?;
+        if !attempt.is_in_progress() {
+            if self.just_completed(&assessment_id) {
+                // The clock ended it first; that is recorded, and the caller says so.
+                return Ok(Outcome::TooLate { assessment_id });
+            }
+            return Err(DomainError::AssessmentCompleted { assessment_id });
+        }
+        let Some(deadline) = attempt.deadline else {
+            return Err(invalid(
+                "extra_secs",
+                format!("assessment {assessment_id} has no time limit to extend"),
+            ));
+        };
+        self.emit(UserEvent::DeadlineExtended {
+            assessment_id: assessment_id.clone(),
+            test_id: attempt.test_id.clone(),
+            extra_secs,
+            deadline: deadline + Duration::seconds(i64::from(extra_secs)),
+            reason,
+            actor,
+            extended_at: now,
+        });
+        Ok(Outcome::Extended { assessment_id })
+    }
+
+    fn just_completed(&self, assessment_id: &str) -> bool {
+        self.events.iter().any(|e| {
+            matches!(e, UserEvent::AssessmentCompleted { assessment_id: id, .. } if id == assessment_id)
+        })
+    }
+
+    fn set_override(
+        &mut self,
+        test_id: String,
+        max_attempts: Option<u32>,
+        time_limit_secs: Option<u32>,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DomainError> {
+        if max_attempts.is_none() && time_limit_secs.is_none() {
+            return Err(invalid(
+                "max_attempts",
+                "give max_attempts or time_limit_secs (or both)",
+            ));
+        }
+        if max_attempts == Some(0) {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
+        if time_limit_secs == Some(0) {
+            return Err(invalid("time_limit_secs", "must be at least 1"));
+        }
+        check_reason(&reason)?;
+        self.emit(UserEvent::OverrideSet {
+            test_id: test_id.clone(),
+            max_attempts,
+            time_limit_secs,
+            reason,
+            actor,
+            set_at: now,
+        });
+        Ok(Outcome::OverrideSet { test_id })
+    }
+
+    fn clear_override(
+        &mut self,
+        test_id: String,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DomainError> {
+        if !self.state.overrides.contains_key(&test_id) {
+            return Err(DomainError::NoOverride { test_id });
+        }
+        if reason.chars().count() > MAX_REASON_CHARS {
+            return Err(invalid(
+                "reason",
+                format!("at most {MAX_REASON_CHARS} characters"),
+            ));
+        }
+        self.emit(UserEvent::OverrideCleared {
+            test_id: test_id.clone(),
+            reason,
+            actor,
+            cleared_at: now,
+        });
+        Ok(Outcome::OverrideCleared { test_id })
+    }
+
+    /// Grades every recorded answer to the question again, with the domain's own grading
+    /// and the corrected question of the version the attempt started with; records one
+    /// `AnswerRegraded` per answer whose grade changes, so the same correction twice
+    /// records nothing the second time.
+    fn regrade(&mut self, r: Regrade) -> Result<Outcome, DomainError> {
+        check_reason(&r.reason)?;
+        let ids: Vec<String> = self
+            .state
+            .attempts
+            .iter()
+            .filter(|a| a.test_id == r.test_id)
+            .map(|a| a.assessment_id.clone())
+            .collect();
+        let mut changed = 0;
+        for id in ids {
+            let Some(attempt) = self.state.attempt(&id) else {
+                continue;
+            };
+            let Some(question) = r.corrected.get(&attempt.test_version) else {
+                continue;
+            };
+            // A question the model wrote is graded by its own recorded key, never the bank's.
+            if attempt.generated.iter().any(|q| q.id == r.question_id) {
+                continue;
+            }
+            let Some(recorded) = attempt.answer_to(&r.question_id) else {
+                continue;
+            };
+            // Not graded yet (a model's grading in flight): it will be graded as recorded.
+            let Some(before) = &recorded.feedback else {
+                continue;
+            };
+            if grading::check_answer_shape(question, &recorded.answer).is_err() {
+                continue;
+            }
+            let grade = grading::grade(question, &recorded.answer);
+            if same_score(grade.score, before.score)
+                && same_score(grade.max_score, before.max_score)
+                && grade.correct == before.correct
+            {
+                continue;
+            }
+            let attempt_score = attempt.score - before.score + grade.score;
+            let attempt_max_score = attempt.max_score - before.max_score + grade.max_score;
+            let event = UserEvent::AnswerRegraded {
+                assessment_id: id.clone(),
+                test_id: r.test_id.clone(),
+                question_id: r.question_id.clone(),
+                old_score: before.score,
+                new_score: grade.score,
+                max_score: grade.max_score,
+                correct: grade.correct,
+                feedback: grade.feedback,
+                attempt_score,
+                attempt_max_score,
+                passed: grading::passed(attempt_score, attempt_max_score, attempt.pass_ratio),
+                correction: r.correction.clone(),
+                corrected_version: r.corrected_version,
+                reason: r.reason.clone(),
+                actor: r.actor.clone(),
+                regraded_at: r.now,
+            };
+            self.emit(event);
+            changed += 1;
+        }
+        Ok(Outcome::Regraded { changed })
+    }
+}
+
 /// The definition `question_id` is graded with: a generated question's recorded key, or
 /// the bank's (worth [`ADAPTIVE_POINTS`] in an adaptive test, as it was presented).
 fn question_to_grade(
@@ -730,6 +1022,7 @@ impl Aggregate for UserStream {
                 score: 0.0,
                 status: AttemptStatus::InProgress,
                 generated: Vec::new(),
+                extension: None,
             }),
             UserEvent::QuestionPresented {
                 assessment_id,
@@ -761,6 +1054,7 @@ impl Aggregate for UserStream {
                         question_id,
                         answer,
                         feedback: None,
+                        regraded_seq: None,
                     });
                 }
             }
@@ -806,6 +1100,76 @@ impl Aggregate for UserStream {
                 }
             }
             UserEvent::ChatExchanged { .. } => {}
+            UserEvent::DeadlineExtended {
+                assessment_id,
+                extra_secs,
+                deadline,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.deadline = Some(deadline);
+                    let total = a.extension.as_ref().map_or(0, |e| e.total_extra_secs);
+                    a.extension = Some(Extension {
+                        extra_secs,
+                        total_extra_secs: total.saturating_add(extra_secs),
+                        seq,
+                    });
+                }
+            }
+            UserEvent::OverrideSet {
+                test_id,
+                max_attempts,
+                time_limit_secs,
+                reason,
+                actor,
+                set_at,
+            } => {
+                self.overrides.insert(
+                    test_id,
+                    Override {
+                        max_attempts,
+                        time_limit_secs,
+                        reason,
+                        actor,
+                        set_at,
+                        seq,
+                    },
+                );
+            }
+            UserEvent::OverrideCleared { test_id, .. } => {
+                self.overrides.remove(&test_id);
+            }
+            UserEvent::AnswerRegraded {
+                assessment_id,
+                question_id,
+                new_score,
+                max_score,
+                correct,
+                feedback,
+                attempt_score,
+                attempt_max_score,
+                passed,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.score = attempt_score;
+                    a.max_score = attempt_max_score;
+                    if let Some(recorded) =
+                        a.answers.iter_mut().find(|r| r.question_id == question_id)
+                    {
+                        recorded.regraded_seq = Some(seq);
+                        if let Some(f) = recorded.feedback.as_mut() {
+                            f.score = new_score;
+                            f.max_score = max_score;
+                            f.correct = correct;
+                            f.feedback = feedback;
+                        }
+                    }
+                    if let AttemptStatus::Completed { passed: p, .. } = &mut a.status {
+                        *p = passed;
+                    }
+                }
+            }
         }
     }
 }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use std::collections::BTreeMap;
+
 use crate::events::{AiGrading, AiProvenance, Answer, QuestionGeneration};
-use crate::test_definition::TestDefinition;
+use crate::regrade::Correction;
+use crate::test_definition::{QuestionDefinition, TestDefinition};
 
 #[derive(Debug, Clone)]
 pub enum UserCommand {
@@ -61,6 +64,34 @@ pub enum UserCommand {
         assessment_id: String,
         now: DateTime<Utc>,
     },
+    /// An admin moves the deadline of a timed attempt in progress `extra_secs` later.
+    ExtendDeadline {
+        assessment_id: String,
+        extra_secs: u32,
+        reason: String,
+        /// Who asks, recorded in the event (e.g. `admin:root`).
+        actor: String,
+        now: DateTime<Utc>,
+    },
+    /// An admin sets the user's own limits for `test_id` (attempts started afterwards).
+    SetOverride {
+        test_id: String,
+        max_attempts: Option<u32>,
+        time_limit_secs: Option<u32>,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    },
+    /// An admin ends the user's override of `test_id`.
+    ClearOverride {
+        test_id: String,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    },
+    /// Grade again, against the corrected question, every recorded answer to a question
+    /// in the user's attempts of a test; boxed, as it is the largest command.
+    Regrade(Box<Regrade>),
 }
 
 impl UserCommand {
@@ -71,7 +102,29 @@ impl UserCommand {
             | UserCommand::ExpireOverdue { now }
             | UserCommand::Chat { now, .. }
             | UserCommand::PresentQuestion { now, .. }
-            | UserCommand::EndByAdmin { now, .. } => *now,
+            | UserCommand::EndByAdmin { now, .. }
+            | UserCommand::ExtendDeadline { now, .. }
+            | UserCommand::SetOverride { now, .. }
+            | UserCommand::ClearOverride { now, .. } => *now,
+            UserCommand::Regrade(regrade) => regrade.now,
         }
     }
+}
+
+/// A regrade of one user's answers to one question (see [`UserCommand::Regrade`]): an
+/// answer whose grade does not change records nothing.
+#[derive(Debug, Clone)]
+pub struct Regrade {
+    pub test_id: String,
+    pub question_id: String,
+    /// The corrected question for each version of the test that has it (the correction
+    /// applied to that version's own question), by version.
+    pub corrected: BTreeMap<u32, QuestionDefinition>,
+    pub correction: Correction,
+    /// The version that now holds the corrected question, if one was stored.
+    pub corrected_version: Option<u32>,
+    pub reason: String,
+    /// Who asks, recorded in the events (e.g. `admin:root`).
+    pub actor: String,
+    pub now: DateTime<Utc>,
 }

@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::test_definition::ValidationError;
+
 /// Why the aggregate refused a command. Nothing was recorded when this is returned.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum DomainError {
@@ -35,6 +37,12 @@ pub enum DomainError {
     /// A chat message that is empty or too long.
     #[error("invalid chat message: {0}")]
     InvalidChat(String),
+    /// An admin's command carried a bad value; `field` names it (e.g. `extra_secs`).
+    #[error("{0}")]
+    Invalid(ValidationError),
+    /// The user has no override of this test in force.
+    #[error("no override of test {test_id} is in force for this user")]
+    NoOverride { test_id: String },
     /// The command carried input the caller should have checked (a bug in the caller).
     #[error("inconsistent command: {0}")]
     InconsistentCommand(String),

@@ -1,4 +1,4 @@
-//! The six events of a user's stream (PROTOCOL section 4): a stored public format.
+//! The events of a user's stream (PROTOCOL sections 4 and 6): a stored public format.
 //!
 //! Each event holds everything an auditor needs to see what happened without any other
 //! table: the question as presented, the answer as given, the feedback as given, and who or
@@ -10,6 +10,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::test_definition::{AnswerKey, QuestionKind};
+
+pub use crate::regrade::Correction;
 
 /// The version every event is written with today.
 pub const EVENT_VERSION: &str = "1.0";
@@ -317,6 +319,65 @@ pub enum UserEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         withheld_text: Option<String>,
     },
+    /// An admin moved an in-progress attempt's deadline later (PROTOCOL section 6).
+    DeadlineExtended {
+        assessment_id: String,
+        test_id: String,
+        extra_secs: u32,
+        /// The new deadline: the previous one plus `extra_secs`.
+        deadline: DateTime<Utc>,
+        reason: String,
+        /// Who granted it, e.g. `admin:root`.
+        actor: String,
+        extended_at: DateTime<Utc>,
+    },
+    /// An admin set this user's own limits for a test, for attempts started afterwards.
+    /// A limit left out is the test's own.
+    OverrideSet {
+        test_id: String,
+        #[serde(default)]
+        max_attempts: Option<u32>,
+        #[serde(default)]
+        time_limit_secs: Option<u32>,
+        reason: String,
+        actor: String,
+        set_at: DateTime<Utc>,
+    },
+    /// An admin ended this user's override of a test: the test's own limits apply again.
+    OverrideCleared {
+        test_id: String,
+        #[serde(default)]
+        reason: String,
+        actor: String,
+        cleared_at: DateTime<Utc>,
+    },
+    /// A recorded answer graded again against a corrected question (its key or points):
+    /// the answer's new score and, so that views stay trivial, the attempt's new totals.
+    AnswerRegraded {
+        assessment_id: String,
+        test_id: String,
+        question_id: String,
+        old_score: f64,
+        new_score: f64,
+        /// The question's points after the correction.
+        max_score: f64,
+        /// Full marks after the correction.
+        correct: bool,
+        /// The feedback the answer now gets.
+        feedback: String,
+        /// The attempt's total score, maximum and pass after this answer's new grade.
+        attempt_score: f64,
+        attempt_max_score: f64,
+        passed: bool,
+        /// What was corrected, as the admin asked it.
+        correction: Correction,
+        /// The test version that holds the corrected question (new attempts use it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        corrected_version: Option<u32>,
+        reason: String,
+        actor: String,
+        regraded_at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -327,8 +388,11 @@ impl UserEvent {
             | UserEvent::QuestionPresented { assessment_id, .. }
             | UserEvent::AnswerSubmitted { assessment_id, .. }
             | UserEvent::FeedbackGiven { assessment_id, .. }
-            | UserEvent::AssessmentCompleted { assessment_id, .. } => Some(assessment_id),
+            | UserEvent::AssessmentCompleted { assessment_id, .. }
+            | UserEvent::DeadlineExtended { assessment_id, .. }
+            | UserEvent::AnswerRegraded { assessment_id, .. } => Some(assessment_id),
             UserEvent::ChatExchanged { assessment_id, .. } => assessment_id.as_deref(),
+            UserEvent::OverrideSet { .. } | UserEvent::OverrideCleared { .. } => None,
         }
     }
 }
@@ -342,6 +406,10 @@ impl DomainEvent for UserEvent {
             UserEvent::FeedbackGiven { .. } => "FeedbackGiven",
             UserEvent::AssessmentCompleted { .. } => "AssessmentCompleted",
             UserEvent::ChatExchanged { .. } => "ChatExchanged",
+            UserEvent::DeadlineExtended { .. } => "DeadlineExtended",
+            UserEvent::OverrideSet { .. } => "OverrideSet",
+            UserEvent::OverrideCleared { .. } => "OverrideCleared",
+            UserEvent::AnswerRegraded { .. } => "AnswerRegraded",
         }
         .to_string()
     }

@@ -11,7 +11,8 @@
 //! ## Layout
 //! - [`test_definition`]: the shape of a test (PROTOCOL section 5) and its validation.
 //! - [`grading`]: offline grading of one answer against the answer key or keywords.
-//! - [`events`]: the six versioned events of one user's stream (PROTOCOL section 4).
+//! - [`events`]: the versioned events of one user's stream (PROTOCOL sections 4 and 6).
+//! - [`regrade`]: a correction of one question's key or points, checked.
 //! - [`commands`]: what a session (or an admin) asks the aggregate to do.
 //! - [`aggregate`]: [`UserStream`], the per-user aggregate that owns every rule.
 //! - [`error`]: one variant per broken rule.
@@ -23,14 +24,16 @@ pub mod error;
 pub mod events;
 pub mod generated;
 pub mod grading;
+pub mod regrade;
 pub mod test_definition;
 
 pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, UserStream};
-pub use commands::UserCommand;
+pub use commands::{Regrade, UserCommand};
 pub use error::DomainError;
 pub use events::{
     AiGrading, AiProvenance, AiVerdict, Answer, CompletionReason, GeneratedKey, GeneratedQuestion,
     GenerationOutcome, GradedBy, PresentedChoice, PresentedQuestion, QuestionGeneration,
     QuestionProvenance, TokenUsage, UserEvent,
 };
+pub use regrade::Correction;
 pub use test_definition::{QuestionKind, TestDefinition, ValidationError};

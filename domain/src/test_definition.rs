@@ -239,6 +239,15 @@ impl TestDefinition {
 }
 
 impl QuestionDefinition {
+    /// Checks the question as [`TestDefinition::validate`] does, naming fields under `at`
+    /// (e.g. `question.answer` for `at = "question"`).
+    ///
+    /// # Errors
+    /// [`ValidationError`] naming the first offending field.
+    pub fn validate_as(&self, at: &str) -> Result<(), ValidationError> {
+        self.validate(at)
+    }
+
     fn validate(&self, at: &str) -> Result<(), ValidationError> {
         if !is_valid_id(&self.id) {
             return Err(invalid(

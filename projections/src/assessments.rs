@@ -117,9 +117,31 @@ pub fn apply(rows: &mut Rows, event: &FeedEvent) {
                     Some((*completed_at - row.started_at).num_milliseconds() as f64 / 1000.0);
             }
         }
+        UserEvent::DeadlineExtended { deadline, .. } => {
+            if let Some(row) = rows.get_mut(&key) {
+                row.deadline = Some(*deadline);
+            }
+        }
+        UserEvent::AnswerRegraded {
+            attempt_score,
+            attempt_max_score,
+            passed,
+            ..
+        } => {
+            if let Some(row) = rows.get_mut(&key) {
+                row.score = *attempt_score;
+                row.max_score = *attempt_max_score;
+                // An attempt in progress is judged when it completes.
+                if row.status == "completed" {
+                    row.passed = Some(*passed);
+                }
+            }
+        }
         UserEvent::QuestionPresented { .. }
         | UserEvent::AnswerSubmitted { .. }
-        | UserEvent::ChatExchanged { .. } => {}
+        | UserEvent::ChatExchanged { .. }
+        | UserEvent::OverrideSet { .. }
+        | UserEvent::OverrideCleared { .. } => {}
     }
 }
 
@@ -140,7 +162,7 @@ pub(crate) fn select_sql(table: &str) -> String {
 /// What a row already in the view takes from a newer version of itself.
 pub(crate) const ON_CONFLICT: &str = " on conflict (user_id, assessment_id) do update set \
     status = excluded.status, answered = excluded.answered, score = excluded.score, \
-    passed = excluded.passed, reason = excluded.reason, completed_at = excluded.completed_at, \
+    max_score = excluded.max_score, deadline = excluded.deadline, passed = excluded.passed, reason = excluded.reason, completed_at = excluded.completed_at, \
     duration_secs = excluded.duration_secs";
 
 /// Loads the rows `events` touch from `$table`, applies them, and writes the rows back, on
@@ -295,6 +317,80 @@ mod tests {
         assert_eq!(row.reason.as_deref(), Some("all_answered"));
         assert_eq!(row.duration_secs, Some(30.0));
         assert_eq!(row.test_version, 2);
+    }
+
+    #[test]
+    fn extra_time_and_a_regrade_update_the_row() {
+        let mut rows = Rows::new();
+        apply(&mut rows, &feed("u", 1, started("x")));
+        apply(&mut rows, &feed("u", 2, feedback("x", 1.0)));
+        apply(
+            &mut rows,
+            &feed(
+                "u",
+                3,
+                UserEvent::DeadlineExtended {
+                    assessment_id: "x".into(),
+                    test_id: "t".into(),
+                    extra_secs: 30,
+                    deadline: at(90),
+                    reason: "r".into(),
+                    actor: "admin:root".into(),
+                    extended_at: at(10),
+                },
+            ),
+        );
+        let regraded = |global, passed| {
+            feed(
+                "u",
+                global,
+                UserEvent::AnswerRegraded {
+                    assessment_id: "x".into(),
+                    test_id: "t".into(),
+                    question_id: "a".into(),
+                    old_score: 1.0,
+                    new_score: 0.0,
+                    max_score: 2.0,
+                    correct: false,
+                    feedback: String::new(),
+                    attempt_score: 0.0,
+                    attempt_max_score: 4.0,
+                    passed,
+                    correction: domain::Correction::default(),
+                    corrected_version: Some(3),
+                    reason: "r".into(),
+                    actor: "admin:root".into(),
+                    regraded_at: at(20),
+                },
+            )
+        };
+        apply(&mut rows, &regraded(4, false));
+        let row = &rows[&("u".to_string(), "x".to_string())];
+        assert_eq!(row.deadline, Some(at(90)));
+        assert_eq!((row.score, row.max_score, row.passed), (0.0, 4.0, None));
+        apply(
+            &mut rows,
+            &feed(
+                "u",
+                5,
+                UserEvent::AssessmentCompleted {
+                    assessment_id: "x".into(),
+                    test_id: "t".into(),
+                    score: 0.0,
+                    max_score: 4.0,
+                    passed: false,
+                    reason: CompletionReason::AllAnswered,
+                    completed_at: at(30),
+                },
+            ),
+        );
+        apply(&mut rows, &regraded(6, true));
+        let row = &rows[&("u".to_string(), "x".to_string())];
+        assert_eq!(
+            row.passed,
+            Some(true),
+            "a completed attempt is judged again"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ const SQLITE_ANSWERS: usize = 6_000;
 /// PostgreSQL rows per statement (the arrays have no parameter limit; this bounds memory).
 const POSTGRES_ROWS: usize = 20_000;
 
-const ANSWER_CONFLICT: &str = " on conflict (user_id, assessment_id, question_id) do nothing";
+/// An answer is graded once, but may be regraded (`AnswerRegraded`): the newer grade wins.
+const ANSWER_CONFLICT: &str = " on conflict (user_id, assessment_id, question_id) do update set \
+    score = excluded.score, max_score = excluded.max_score";
 
 /// Inserts rows, or updates those already in the table, on an open transaction.
 pub(crate) trait Bulk {

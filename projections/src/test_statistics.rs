@@ -35,13 +35,24 @@ pub type Answers = BTreeMap<(String, String, String), AnswerRow>;
 
 /// Applies one event to the answers (the attempts go through [`crate::assessments::apply`]).
 pub fn apply(answers: &mut Answers, event: &FeedEvent) {
-    if let UserEvent::FeedbackGiven {
+    // A regraded answer takes its new score and points, as a first grade would.
+    let (UserEvent::FeedbackGiven {
         assessment_id,
         question_id,
         score,
         max_score,
         ..
-    } = &event.event
+    }
+    | UserEvent::AnswerRegraded {
+        assessment_id,
+        question_id,
+        new_score: score,
+        max_score,
+        ..
+    }) = &event.event
+    else {
+        return;
+    };
     {
         answers.insert(
             (
@@ -60,8 +71,8 @@ pub fn apply(answers: &mut Answers, event: &FeedEvent) {
     }
 }
 
-/// Inserts `$answers` (an iterator of `&AnswerRow`) into `$table`; an answer is graded
-/// once, so one already there is kept.
+/// Inserts `$answers` (an iterator of `&AnswerRow`) into `$table`; an answer already
+/// there takes the new score (it was regraded).
 macro_rules! write_answers {
     ($conn:expr, $table:expr, $answers:expr) => {{
         let answers: Vec<&$crate::test_statistics::AnswerRow> = $answers.collect();

@@ -69,18 +69,21 @@ async fn list_tests(
         );
     }
     let attempts = projections::assessments::of_user(&state.projections.db(), user_id).await?;
+    // An admin's override of a test's limits for this user is in the user's stream.
+    let stream = state.streams.load(user_id).await?;
     let now = chrono::Utc::now();
     let items = tests
         .iter()
         .map(|t| {
             let of_test = || attempts.iter().filter(|a| a.test_id == t.id);
             let used = of_test().count() as u32;
+            let (max_attempts, time_limit_secs) = stream.effective_limits(t);
             // An attempt whose deadline passed unnoticed is over, though not yet recorded so.
             let in_progress =
                 of_test().any(|a| a.status == "in_progress" && a.deadline.is_none_or(|d| now < d));
             let status = if in_progress {
                 "in_progress"
-            } else if used >= t.max_attempts {
+            } else if used >= max_attempts {
                 "completed"
             } else {
                 "available"
@@ -90,8 +93,8 @@ async fn list_tests(
                 "title": t.title,
                 "version": t.version,
                 "total_questions": t.questions.len(),
-                "time_limit_secs": t.time_limit_secs,
-                "max_attempts": t.max_attempts,
+                "time_limit_secs": time_limit_secs,
+                "max_attempts": max_attempts,
                 "attempts_used": used,
                 "pass_ratio": t.pass_ratio,
                 "status": status,
@@ -223,9 +226,11 @@ pub struct TakerTest {
     /// The latest version, the one a new attempt uses.
     pub version: u32,
     pub total_questions: u32,
-    /// Null when the test has no time limit.
+    /// Null when the test has no time limit. The caller's own when an admin's override
+    /// sets one (for attempts started from now on).
     #[schema(required = true)]
     pub time_limit_secs: Option<u32>,
+    /// The caller's own when an admin's override sets one.
     pub max_attempts: u32,
     /// The caller's attempts at this test, over all its versions.
     pub attempts_used: u32,

@@ -9,6 +9,7 @@
 //! - [`me`]: a test-taker's own attempts, from the read model.
 //! - [`projections`]: the read models for admins: state, lag, rebuild jobs.
 //! - [`admin`]: admin commands on a user's stream.
+//! - [`accommodations`]: extra time, per-user overrides and regrades (admin).
 //! - [`audit`]: the event history for auditors.
 //! - [`openapi`]: the OpenAPI description of all of the above, `GET /api/openapi.json`.
 //!
@@ -17,6 +18,7 @@
 //! description, and a route added here must be listed in [`openapi::ApiDoc`] too (the API
 //! tests compare the routes in these files with the document).
 
+pub mod accommodations;
 pub mod admin;
 pub mod audit;
 pub mod catalog;
@@ -51,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .merge(statistics::routes())
         .merge(projections::routes())
         .merge(admin::routes())
+        .merge(accommodations::routes())
         .merge(audit::routes())
         .merge(openapi::routes())
         .fallback(not_found)

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::accommodations;
 use super::{admin, audit, catalog, home, me, pages, projections, sign_in, socket, statistics};
 use crate::state::AppState;
 
@@ -58,6 +59,11 @@ pub fn routes() -> Router<AppState> {
         admin::end_assessment,
         admin::audit_reads,
         admin::connections,
+        accommodations::extend,
+        accommodations::set_override,
+        accommodations::clear_override,
+        accommodations::list_overrides,
+        accommodations::regrade,
         audit::audit_events,
         audit::audit_user_events,
         audit::audit_state,
@@ -74,6 +80,7 @@ pub fn routes() -> Router<AppState> {
         (name = "projections", description = "The read models: state, lag, rebuilds and their jobs."),
         (name = "admin", description = "Admin commands on a user's stream, the log of audit reads, and live connections."),
         (name = "audit", description = "The event history, for auditors and admins."),
+        (name = "accommodations", description = "Extra time, per-user overrides and regrades: admin changes recorded in the user's own stream."),
         (name = "openapi", description = "This document."),
     ),
 )]

@@ -8,6 +8,7 @@
 //!   check in one transaction.
 //! - [`audit`]: read-only queries over the event history for auditors.
 //! - [`audit_log`]: the log of those reads (who read whose data, when, how).
+//! - [`takers`]: which users' streams hold a test's answers or overrides (indexed).
 //!
 //! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
 //! by `assessd migrate`.
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod chain;
 pub mod pg_append;
 pub mod streams;
+pub mod takers;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use domain::{
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
+use super::changes;
 use super::chat::ChatJob;
 use super::feedback::{self, FeedbackJob};
 use super::protocol::{self, ClientMessage, ServerMessage};
@@ -49,6 +50,9 @@ pub struct Handler {
     question_job: Option<QuestionJob>,
     /// Set by a grading once it recorded: `view` is behind the stream.
     stale: Arc<AtomicBool>,
+    /// The stream's sequence up to which admins' changes (extra time, regrades) were
+    /// reported to this client: the greeting shows everything before it.
+    admin_seen: usize,
 }
 
 impl Handler {
@@ -62,6 +66,7 @@ impl Handler {
             feedback_job: None,
             question_job: None,
             stale: Arc::default(),
+            admin_seen: 0,
         }
     }
 
@@ -152,6 +157,7 @@ impl Handler {
         if let Some(attempt) = committed.state.in_progress() {
             out.extend(replies::resumed(attempt));
         }
+        self.admin_seen = committed.state.sequence;
         self.then_next_question(None).await;
         Ok(out)
     }
@@ -204,7 +210,8 @@ impl Handler {
         Ok(replies::for_events(&committed))
     }
 
-    /// Someone else changed the stream (an admin ended an attempt): report what is new.
+    /// Someone else changed the stream (an admin ended an attempt, gave extra time or
+    /// regraded an answer): report what is new.
     pub async fn refresh(&mut self) -> Result<Vec<Reply>, ClientError> {
         let before = self.view.clone();
         let committed = self
@@ -212,6 +219,9 @@ impl Handler {
             .await?;
         let mut out = replies::for_events(&committed);
         out.extend(replies::newly_completed(&before, &committed.state));
+        // Extra time and regrades; the deadline timer follows the view by itself.
+        out.extend(changes::since(&committed.state, self.admin_seen));
+        self.admin_seen = committed.state.sequence;
         Ok(replies::once_per_event(out))
     }
 

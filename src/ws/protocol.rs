@@ -196,6 +196,20 @@ pub enum ServerMessage {
     Pong {
         timestamp: String,
     },
+    /// An admin moved the attempt's deadline (PROTOCOL section 6).
+    DeadlineChanged {
+        assessment_id: String,
+        deadline: String,
+        extra_secs: u32,
+    },
+    /// A regrade changed an answer's score: the attempt's new totals.
+    ScoreChanged {
+        assessment_id: String,
+        question_id: String,
+        score: f64,
+        max_score: f64,
+        passed: bool,
+    },
     SessionReplaced {
         message: String,
     },
@@ -245,6 +259,8 @@ impl ServerMessage {
             ServerMessage::AgentThinking { .. } => "AGENT_THINKING",
             ServerMessage::AgentCompleted { .. } => "AGENT_COMPLETED",
             ServerMessage::Pong { .. } => "PONG",
+            ServerMessage::DeadlineChanged { .. } => "DEADLINE_CHANGED",
+            ServerMessage::ScoreChanged { .. } => "SCORE_CHANGED",
             ServerMessage::SessionReplaced { .. } => "SESSION_REPLACED",
             ServerMessage::Error { .. } => "ERROR",
         }

@@ -60,7 +60,11 @@ pub fn for_outcome(committed: &Committed) -> Vec<Reply> {
         | Outcome::Chatted
         | Outcome::Ended { .. }
         | Outcome::Presented { .. }
-        | Outcome::Checked => replies.extend(for_events(committed)),
+        | Outcome::Checked
+        | Outcome::Extended { .. }
+        | Outcome::OverrideSet { .. }
+        | Outcome::OverrideCleared { .. }
+        | Outcome::Regraded { .. } => replies.extend(for_events(committed)),
     }
     once_per_event(replies)
 }

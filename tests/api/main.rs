@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod accommodations;
 mod ai;
 mod ai_adaptive;
 mod ai_feedback;

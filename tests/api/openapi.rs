@@ -40,6 +40,23 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ),
     ("GET", "/api/admin/audit-reads", &["admin"]),
     ("GET", "/api/admin/connections", &["admin"]),
+    (
+        "POST",
+        "/api/admin/users/{user_id}/assessments/{assessment_id}/extend",
+        &["admin"],
+    ),
+    (
+        "PUT",
+        "/api/admin/tests/{test_id}/overrides/{user_id}",
+        &["admin"],
+    ),
+    (
+        "DELETE",
+        "/api/admin/tests/{test_id}/overrides/{user_id}",
+        &["admin"],
+    ),
+    ("GET", "/api/admin/tests/{test_id}/overrides", &["admin"]),
+    ("POST", "/api/admin/tests/{test_id}/regrade", &["admin"]),
     ("GET", "/api/audit/events", &["auditor", "admin"]),
     (
         "GET",

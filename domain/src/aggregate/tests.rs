@@ -1098,3 +1098,5 @@ fn a_bank_question_event_is_stored_as_before_and_a_generated_one_carries_its_key
     let back: UserEvent = serde_json::from_value(value).unwrap();
     assert_eq!(back, presented);
 }
+
+mod accommodations;

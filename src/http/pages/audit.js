@@ -125,6 +125,30 @@
           (p.passed ? "passed" : "not passed") + " (" + p.reason + ")")];
       case "ChatExchanged":
         return [line("Asked", p.user_text || ""), line("Tutor (" + p.tutor + ")", p.reply_text || "")];
+      // An admin's changes: who, when and why, as recorded in the user's own stream.
+      case "DeadlineExtended":
+        return [line("Extra time", "+" + p.extra_secs + " s, deadline now " + when(p.deadline)),
+          line("By", (p.actor || "") + ", " + when(p.extended_at)), line("Why", p.reason || "")];
+      case "OverrideSet":
+        return [line("Override of " + p.test_id,
+          "attempts " + (p.max_attempts == null ? "as the test" : p.max_attempts) + ", time limit " +
+          (p.time_limit_secs == null ? "as the test" : p.time_limit_secs + " s") + " (attempts started from now on)"),
+          line("By", (p.actor || "") + ", " + when(p.set_at)), line("Why", p.reason || "")];
+      case "OverrideCleared":
+        return [line("Override of " + p.test_id + " ended", "the test's own limits apply again"),
+          line("By", (p.actor || "") + ", " + when(p.cleared_at)), line("Why", p.reason || "(none given)")];
+      case "AnswerRegraded": {
+        const c = p.correction || {};
+        const fixed = [];
+        if (c.answer !== undefined) fixed.push("key " + (Array.isArray(c.answer) ? c.answer.join(", ") : c.answer));
+        if (c.keywords !== undefined) fixed.push("keywords " + c.keywords.join(", "));
+        if (c.points !== undefined) fixed.push(num(c.points) + " points");
+        return [line("Regraded " + p.question_id, num(p.old_score) + " → " + num(p.new_score) + " of " +
+          num(p.max_score) + " points (corrected: " + fixed.join("; ") + ")"),
+          line("Attempt now", num(p.attempt_score) + " of " + num(p.attempt_max_score) + ", " +
+            (p.passed ? "passed" : "not passed")),
+          line("By", (p.actor || "") + ", " + when(p.regraded_at)), line("Why", p.reason || "")];
+      }
       default:
         return [el("pre", { text: JSON.stringify(p, null, 2) })];
     }
