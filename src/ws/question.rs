@@ -20,7 +20,7 @@ use domain::{
 };
 use uuid::Uuid;
 
-use super::feedback::{agent, ask_json, send};
+use super::agent::{agent, ask_json, send};
 use super::outbox::WeakOutbox;
 use super::protocol::{AgentTask, ServerMessage};
 use super::replies::{self, Reply};
