@@ -108,6 +108,12 @@ async fn two_nodes_see_each_other(backend: Backend) {
 }
 
 async fn a_node_that_stops_beating_drops_out(backend: Backend) {
+    // A lease long enough that a loaded machine still reads the fresh row before it expires
+    // (it failed once with 600 ms while every test of this file ran at once).
+    const MEMBERSHIP: Membership = Membership {
+        every: Duration::from_millis(50),
+        lease: Duration::from_secs(3),
+    };
     let Some(a) = spawn_app_with(backend, |s| {
         s.node_id = "node-a".into();
         s.membership = MEMBERSHIP;
