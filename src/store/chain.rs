@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::ownership::MUST_OWN_KEY;
+use super::owners::MUST_OWN_KEY;
 
 use super::{Database, StoreError};
 

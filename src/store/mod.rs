@@ -4,6 +4,7 @@
 //! - [`catalog`]: versioned test definitions.
 //! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
 //!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
+//! - [`owners`]: the table of which session owns each user (PostgreSQL).
 //! - [`pg_append`]: the PostgreSQL append, events and snapshot with the session-owner
 //!   check in one transaction.
 //! - [`audit`]: read-only queries over the event history for auditors.
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod catalog;
 pub mod chain;
+pub mod owners;
 pub mod pg_append;
 pub mod streams;
 pub mod takers;

@@ -5,7 +5,7 @@
 //! the chained repository writes through this instead on PostgreSQL. The statements are
 //! postgres-es 0.5's own (same columns, same snapshot rules: insert the first snapshot,
 //! update a later one only from the number it was read at), so its readers are unaffected;
-//! what is added is [`ownership::check_in`] before the inserts. A claim of the user by a
+//! what is added is [`owners::check_in`] before the inserts. A claim of the user by a
 //! newer session updates the row this locks `for share`, so it waits for this transaction,
 //! and this transaction fails when the claim came first.
 
@@ -15,14 +15,14 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ownership::{self, OwnerCheckError};
+use super::owners::{self, OwnerCheckError};
 
 /// Appends `events` (and the snapshot update) of one stream, only while `must_own` owns the
 /// user when it is given.
 ///
 /// # Errors
 /// `OptimisticLockError` when another writer took a sequence or the snapshot first;
-/// `UnknownError` holding an [`ownership::NotOwner`] when the session was replaced; any
+/// `UnknownError` holding an [`owners::NotOwner`] when the session was replaced; any
 /// other database error.
 pub async fn persist<A: Aggregate>(
     pool: &PgPool,
@@ -32,7 +32,7 @@ pub async fn persist<A: Aggregate>(
 ) -> Result<(), PersistenceError> {
     let mut tx = pool.begin().await.map_err(sql_error)?;
     if let (Some(session_id), Some(first)) = (must_own, events.first()) {
-        ownership::check_in(&mut tx, &first.aggregate_id, session_id)
+        owners::check_in(&mut tx, &first.aggregate_id, session_id)
             .await
             .map_err(|e| match e {
                 OwnerCheckError::NotOwner(e) => PersistenceError::UnknownError(Box::new(e)),

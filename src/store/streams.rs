@@ -16,8 +16,8 @@ use sqlite_es::SqliteEventRepository;
 use thiserror::Error;
 
 use super::chain::ChainedRepository;
+use super::owners::NotOwner;
 use super::{Database, StoreError};
-use crate::ownership::NotOwner;
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 5;
@@ -31,7 +31,7 @@ pub struct EventMetadata {
     /// `user:<sub>` for a test-taker's own actions, `admin:<sub>` for an admin's.
     pub actor: String,
     /// Append only while this session owns the user (on PostgreSQL, checked in the
-    /// append's transaction: [`crate::ownership`]). Not recorded.
+    /// append's transaction: [`super::owners`]). Not recorded.
     pub must_own: Option<uuid::Uuid>,
 }
 
@@ -52,7 +52,7 @@ impl EventMetadata {
             map.insert("request_id".into(), id.clone());
         }
         if let Some(session) = self.must_own {
-            map.insert(crate::ownership::MUST_OWN_KEY.into(), session.to_string());
+            map.insert(super::owners::MUST_OWN_KEY.into(), session.to_string());
         }
         map
     }
@@ -84,7 +84,7 @@ pub enum AppendError {
     Conflict,
     /// The appending session no longer owns the user (a newer connection claimed it).
     #[error(transparent)]
-    Replaced(#[from] crate::ownership::NotOwner),
+    Replaced(#[from] NotOwner),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

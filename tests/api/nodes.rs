@@ -108,6 +108,12 @@ async fn two_nodes_see_each_other(backend: Backend) {
 }
 
 async fn a_node_that_stops_beating_drops_out(backend: Backend) {
+    // A lease long enough that a loaded machine still reads the fresh row before it expires
+    // (it failed once with 600 ms while every test of this file ran at once).
+    const MEMBERSHIP: Membership = Membership {
+        every: Duration::from_millis(50),
+        lease: Duration::from_secs(3),
+    };
     let Some(a) = spawn_app_with(backend, |s| {
         s.node_id = "node-a".into();
         s.membership = MEMBERSHIP;
@@ -561,5 +567,44 @@ async fn a_deadline_is_fired_once_by_the_node_holding_the_socket() {
         .collect();
     assert_eq!(completions.len(), 1, "{completions:?}");
     assert_eq!(completions[0]["metadata"]["node_id"], "node-b");
+    b.stop().await;
+}
+
+/// A takeover waits for an append in flight: while a transaction of the old session holds
+/// the owner check, the new session's claim waits on its lock, and goes through once the
+/// append commits (so the new session reads the stream with that append in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_an_append_in_flight() {
+    let Some((a, b)) = two_postgres_nodes().await else {
+        return;
+    };
+    let pool = pg_pool(&a);
+    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = ownership::claim(&pool, "wes", old, "node-a").await.unwrap();
+    let mut in_flight = pool.begin().await.unwrap();
+    ownership::check_in(&mut in_flight, "wes", old)
+        .await
+        .expect("the old session owns wes");
+    let claim = tokio::spawn({
+        let pool = pool.clone();
+        async move { ownership::claim(&pool, "wes", new, "node-b").await }
+    });
+    until("the claim to wait on the owner row's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like '%session_owners%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting == 1).then_some(())
+    })
+    .await;
+    assert!(!claim.is_finished());
+    in_flight.commit().await.unwrap();
+    let second = claim.await.unwrap().expect("the claim goes through");
+    assert_eq!(second, first + 1);
+    let owner = ownership::owner_of(&pool, "wes").await.unwrap().unwrap();
+    assert_eq!((owner.session_id, owner.node_id.as_str()), (new, "node-b"));
     b.stop().await;
 }
