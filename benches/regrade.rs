@@ -315,7 +315,11 @@ async fn live(
                 json!({"type": "START_ASSESSMENT", "test_id": LIVE_TEST_ID}).to_string(),
             ))
             .await?;
+            // One answer in flight at a time: a resumed attempt shows its question twice
+            // (the greeting's and START_ASSESSMENT's resume), and answering both would
+            // time the second from the wrong send.
             let mut sent_at: Option<Instant> = None;
+            let mut last_answered = String::new();
             while let Some(frame) = ws.next().await {
                 let Message::Text(text) = frame? else {
                     continue;
@@ -330,9 +334,15 @@ async fn live(
                             latencies.push(at.elapsed());
                         }
                     }
-                    Some("QUESTION") => question = Some(message),
+                    Some("QUESTION") => {
+                        let fresh = message["question_id"].as_str() != Some(last_answered.as_str());
+                        if sent_at.is_none() && fresh {
+                            question = Some(message);
+                        }
+                    }
                     Some("ASSESSMENT_COMPLETED") => {
                         question = None;
+                        last_answered.clear();
                         if !going() {
                             break;
                         }
@@ -358,6 +368,7 @@ async fn live(
                         "q3" => json!("a"),
                         _ => json!("b"),
                     };
+                    last_answered = qid.clone();
                     sent_at = Some(Instant::now());
                     ws.send(Message::text(
                         json!({"type": "SUBMIT_ANSWER", "assessment_id": assessment,
