@@ -275,6 +275,19 @@ impl Server {
         reply["token"].as_str().expect("a token").to_string()
     }
 
+    /// `POST path` with `token` and a JSON `body`: (status, body).
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// `GET path` with `token`: (status, body).
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         let response = reqwest::Client::new()

@@ -1,5 +1,6 @@
 //! The test-taker's page: the whole demo test, a reload mid-test, the server killed and
-//! restarted mid-test, and a second browser of the same user.
+//! restarted mid-test, a second browser of the same user, and an admin's extra time and
+//! regrade reaching the open page.
 
 use std::time::Duration;
 
@@ -283,5 +284,64 @@ async fn a_host_application_hands_over_the_token() {
     page.screenshot("2-organisation-sign-in").await;
     let (status, _) = stage.server.get("/api/dev/config", "").await;
     assert_eq!(status, 200);
+    stage.finish(vec![page]).await;
+}
+
+/// An admin gives extra time while the page counts down, then regrades a wrong key after
+/// the test: the countdown and the result on screen change without a reload.
+#[tokio::test]
+async fn extra_time_and_a_regrade_reach_the_open_page() {
+    let Some(mut stage) = Stage::new("accommodations").await else {
+        return;
+    };
+    let page = stage.browser("/").await;
+    page.sign_in("gina").await;
+    page.wait_connected().await;
+    page.start_demo().await;
+    assert!(page.text("#timer").await.starts_with("Time left 1"));
+    let server = &stage.server;
+    let admin = server.token("dean", "admin").await;
+    let (_, attempts) = server.get("/api/audit/users/gina/events", &admin).await;
+    let assessment = attempts["items"][0]["payload"]["assessment_id"]
+        .as_str()
+        .expect("the attempt")
+        .to_string();
+    let (status, reply) = server
+        .post(
+            &format!("/api/admin/users/gina/assessments/{assessment}/extend"),
+            &admin,
+            &json!({"extra_secs": 3600, "reason": "extra time accommodation"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    // 15 minutes and an hour more: 74 and some minutes left.
+    page.wait_text("#timer", "Time left 7").await;
+    page.screenshot("1-extended").await;
+
+    // q1 answered with `let` (wrong by the key), the rest rightly: 5 of 6.
+    page.click("#q-choices input[value=\"a\"]").await;
+    page.click("#submit").await;
+    page.wait_text("#fb-verdict", "Not").await;
+    page.next().await;
+    for _ in 2..=4 {
+        page.wait_visible("#question-form").await;
+        page.answer_rightly().await;
+        page.next().await;
+    }
+    page.wait_visible("#done").await;
+    assert_eq!(page.text("#done-score").await, "Score: 5 of 6");
+
+    // The key said `let` should have counted: corrected, the score on screen follows.
+    let (status, reply) = server
+        .post(
+            "/api/admin/tests/demo/regrade",
+            &admin,
+            &json!({"question_id": "q1", "answer": "a", "reason": "wrong key", "dry_run": false}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    page.wait_text("#done-score", "Score: 6 of 6").await;
+    assert!(page.text("#done-reason").await.contains("regraded"));
+    page.screenshot("2-regraded").await;
     stage.finish(vec![page]).await;
 }

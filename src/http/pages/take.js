@@ -221,6 +221,17 @@
           startTimer();
         }
         break;
+      case "SCORE_CHANGED":
+        // An admin regraded an answer: the attempt's totals as they now stand.
+        if (S.assessment && S.assessment.assessment_id === m.assessment_id) {
+          S.assessment.score = m.score;
+          S.assessment.max_score = m.max_score;
+          progress();
+        } else if (S.doneId === m.assessment_id) {
+          showResult(m.score, m.max_score, m.passed);
+          $("done-reason").textContent = "An answer was regraded; this is your new score.";
+        }
+        break;
       case "SYSTEM_MESSAGE":
         tutorSays(m.text);
         break;
@@ -515,12 +526,10 @@
       ? S.assessment.title : m.test_id;
     S.assessment = null;
     S.question = null;
+    S.doneId = m.assessment_id;
     only("done");
     $("done-test").textContent = title;
-    $("done-score").textContent = "Score: " + num(m.score) + " of " + num(m.max_score);
-    const verdict = $("done-verdict");
-    verdict.textContent = m.passed ? "Passed" : "Not passed";
-    verdict.className = "verdict " + (m.passed ? "passed" : "failed");
+    showResult(m.score, m.max_score, m.passed);
     const reasons = {
       all_answered: "You answered every question.",
       time_expired: "The time ran out.",
@@ -529,6 +538,13 @@
     $("done-reason").textContent = (reasons[m.reason] || "") +
       (m.completed_at ? " Finished " + when(m.completed_at) + "." : "");
     $("done-title").focus();
+  }
+
+  function showResult(score, maxScore, passed) {
+    $("done-score").textContent = "Score: " + num(score) + " of " + num(maxScore);
+    const verdict = $("done-verdict");
+    verdict.textContent = passed ? "Passed" : "Not passed";
+    verdict.className = "verdict " + (passed ? "passed" : "failed");
   }
 
   $("back").addEventListener("click", () => showHome());
