@@ -16,6 +16,7 @@ mod flow;
 mod http_api;
 mod lifecycle;
 mod limits;
+mod nginx;
 mod nodes;
 mod openapi;
 mod pages;
