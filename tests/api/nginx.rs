@@ -33,7 +33,7 @@ fn nginx_binary() -> Option<String> {
     None
 }
 
-/// `docs/nginx.conf` with the nodes' addresses and a free port; one worker, so its
+/// `docs/nginx.conf` with the nodes' addresses and a free port; one process, so its
 /// round robin alternates strictly between the two nodes.
 fn config(nodes: [SocketAddr; 2], port: u16) -> String {
     let shipped = include_str!("../../docs/nginx.conf");
@@ -52,8 +52,10 @@ async fn start_nginx(binary: &str, dir: &Path, nodes: [SocketAddr; 2]) -> (Child
         .port();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config(nodes, port)).expect("write nginx.conf");
+    // One process (no master and workers), so stopping it with SIGKILL, as the test and
+    // `kill_on_drop` do, leaves nothing running.
     let globals = format!(
-        "daemon off; pid {}; error_log {} warn;",
+        "daemon off; master_process off; pid {}; error_log {} warn;",
         dir.join("nginx.pid").display(),
         dir.join("nginx-error.log").display()
     );
