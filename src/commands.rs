@@ -1,6 +1,7 @@
 //! The one command path. Every caller that changes a user's stream (their own socket, an
 //! admin endpoint, and later regrade jobs and timers) goes through [`execute`]: take the
-//! user's command lock, load the stream, let the domain decide, append under optimistic
+//! user's command lock, which keeps their stream as last seen (read when it is not
+//! known), let the domain decide, append under optimistic
 //! concurrency (a lost race is decided again), wake the read models, and tell the user's
 //! live session when someone else changed its stream. The domain's [`domain::Outcome`] says what happened, so
 //! no caller works it out again from the events.
@@ -82,13 +83,17 @@ pub async fn execute(
     }
     let lock = state.registry.user_lock(user_id);
     let committed = {
-        let _turn = lock.lock().await;
+        let mut known = lock.lock().await;
         if let Origin::Session { session_id, .. } = origin {
             if !state.registry.is_live(user_id, *session_id) {
                 return Err(CommandError::Replaced);
             }
         }
-        match state.streams.execute(user_id, command, &metadata).await {
+        match state
+            .streams
+            .execute(user_id, command, &metadata, &mut known)
+            .await
+        {
             Ok(committed) => committed,
             Err(AppendError::Replaced(_)) => {
                 // The database says another session owns the user, maybe on a node whose

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::registry::Registration;
 use crate::state::AppState;
 pub use crate::store::owners::{
-    check_in, claim, owner_of, owners_of, NotOwner, Owner, OwnerCheckError, CHANNEL, MUST_OWN_KEY,
+    check_in, claim, owner_of, owners_of, NotOwner, Owner, OwnerCheckError, CHANNEL,
 };
 use crate::store::{Database, StoreError};
 

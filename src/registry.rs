@@ -18,13 +18,19 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::store::streams::Known;
+
+/// A user's command lock and what it guards: the stream as the command path knows it.
+pub type UserLock = Arc<tokio::sync::Mutex<Known>>;
+
 struct Entry {
     session_id: Uuid,
     /// The generation of the claim that made this session the user's owner.
     generation: i64,
     evicted: CancellationToken,
     changed: Arc<Notify>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// The user's command lock, with what the command path knows of their stream.
+    lock: UserLock,
 }
 
 pub struct Registry {
@@ -119,7 +125,7 @@ impl Registry {
                 old.evicted.cancel();
                 (old.lock, true)
             }
-            None => (Arc::new(tokio::sync::Mutex::new(())), false),
+            None => (UserLock::default(), false),
         };
         sessions.insert(
             user_id.to_string(),
@@ -187,12 +193,14 @@ impl Registry {
         }
     }
 
-    /// The user's command lock (their live session's, or a fresh one when they have none).
-    pub fn user_lock(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The user's command lock (their live session's, or a fresh one when they have none):
+    /// whoever holds it may change the user's stream, and it keeps what the command path
+    /// knows of that stream between commands, for as long as the session lives.
+    pub fn user_lock(&self, user_id: &str) -> UserLock {
         self.sessions()
             .get(user_id)
             .map(|e| e.lock.clone())
-            .unwrap_or_else(|| Arc::new(tokio::sync::Mutex::new(())))
+            .unwrap_or_default()
     }
 
     /// Tells the user's live session, if any, that its stream changed.

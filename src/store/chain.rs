@@ -18,8 +18,11 @@
 //!   is complete and the next snapshot UPDATEs the row.
 //! - **One writer per user across nodes.** On PostgreSQL the append goes through
 //!   [`super::pg_append`], which checks in the same transaction that the appending session
-//!   still owns the user when the command path asked for it (the metadata key
-//!   [`MUST_OWN_KEY`], removed here before anything is hashed or stored).
+//!   still owns the user when the command path asks for it ([`ChainedRepository::append`]).
+//!
+//! The command path ([`super::streams`]) appends through [`ChainedRepository::append`]
+//! with the state it keeps in memory; the `PersistedEventRepository` impl is what cqrs-es
+//! loads through (and commits through, for anything that still uses its `commit`).
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
@@ -29,8 +32,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-use super::owners::MUST_OWN_KEY;
 
 use super::{Database, StoreError};
 
@@ -172,6 +173,65 @@ impl<R> ChainedRepository<R> {
     }
 }
 
+impl<R: PersistedEventRepository> ChainedRepository<R> {
+    /// Chains `events` (one commit of one stream, in order) to `previous`, the hash of the
+    /// event before the first (read from the database when not given), and appends them
+    /// with `snapshot_update`, which must hold the state after the LAST of them. Only while
+    /// `must_own` owns the user when given (PostgreSQL: checked in the append's
+    /// transaction). Returns the last event's hash, so the next commit of a writer that
+    /// keeps the stream in memory need not read it back.
+    ///
+    /// # Errors
+    /// As [`PersistedEventRepository::persist`]: `OptimisticLockError` when another writer
+    /// took a sequence (or the snapshot) first.
+    pub async fn append<A: Aggregate>(
+        &self,
+        mut events: Vec<SerializedEvent>,
+        snapshot_update: Option<(String, Value, usize)>,
+        previous: Option<String>,
+        must_own: Option<Uuid>,
+    ) -> Result<String, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(previous.unwrap_or_else(|| GENESIS.to_string()));
+        };
+        let mut previous = match previous {
+            Some(hash) => hash,
+            None => self
+                .hash_at(
+                    &first.aggregate_type,
+                    &first.aggregate_id,
+                    first.sequence.saturating_sub(1),
+                )
+                .await
+                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+        };
+        for event in &mut events {
+            let hash = event_hash(
+                &previous,
+                &event.aggregate_id,
+                event.sequence as i64,
+                &event.event_type,
+                &event.event_version,
+                &event.payload,
+                &event.metadata,
+            );
+            if let Value::Object(map) = &mut event.metadata {
+                map.insert(HASH_KEY.to_string(), Value::String(hash.clone()));
+            }
+            previous = hash;
+        }
+        match &self.db {
+            Database::Postgres(pool) => {
+                super::pg_append::persist::<A>(pool, &events, snapshot_update, must_own).await?
+            }
+            // One process is the whole cluster: the command lock and the registry's
+            // live-session check already keep a replaced session from recording.
+            Database::Sqlite(_) => self.inner.persist::<A>(&events, snapshot_update).await?,
+        }
+        Ok(previous)
+    }
+}
+
 impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository<R> {
     async fn get_events<A: Aggregate>(
         &self,
@@ -218,33 +278,7 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let mut chained = events.to_vec();
-        let must_own = take_must_own(&mut chained);
-        if let Some(first) = events.first() {
-            let mut previous = self
-                .hash_at(
-                    &first.aggregate_type,
-                    &first.aggregate_id,
-                    first.sequence.saturating_sub(1),
-                )
-                .await
-                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-            for event in &mut chained {
-                let hash = event_hash(
-                    &previous,
-                    &event.aggregate_id,
-                    event.sequence as i64,
-                    &event.event_type,
-                    &event.event_version,
-                    &event.payload,
-                    &event.metadata,
-                );
-                if let Value::Object(map) = &mut event.metadata {
-                    map.insert(HASH_KEY.to_string(), Value::String(hash.clone()));
-                }
-                previous = hash;
-            }
-        }
+        let chained = events.to_vec();
         let snapshot_update = match snapshot_update {
             Some((id, snapshot, version)) => Some((
                 id,
@@ -253,14 +287,9 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
             )),
             None => None,
         };
-        match &self.db {
-            Database::Postgres(pool) => {
-                super::pg_append::persist::<A>(pool, &chained, snapshot_update, must_own).await
-            }
-            // One process is the whole cluster: the command lock and the registry's
-            // live-session check already keep a replaced session from recording.
-            Database::Sqlite(_) => self.inner.persist::<A>(&chained, snapshot_update).await,
-        }
+        self.append::<A>(chained, snapshot_update, None, None)
+            .await
+            .map(|_| ())
     }
 
     async fn stream_events<A: Aggregate>(
@@ -273,21 +302,6 @@ impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         self.inner.stream_all_events::<A>().await
     }
-}
-
-/// Removes the owner-check instruction from every event's metadata (cqrs-es puts the same
-/// metadata on each) and returns the session it names. A value that is not a session id
-/// cannot come from the command path; it is dropped like the key.
-fn take_must_own(events: &mut [SerializedEvent]) -> Option<Uuid> {
-    let mut must_own = None;
-    for event in events {
-        if let Value::Object(map) = &mut event.metadata {
-            if let Some(Value::String(session)) = map.remove(MUST_OWN_KEY) {
-                must_own = must_own.or_else(|| Uuid::parse_str(&session).ok());
-            }
-        }
-    }
-    must_own
 }
 
 /// The result of checking one stream's chain (docs/protocol.md, section 5, "What verify

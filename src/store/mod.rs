@@ -1,6 +1,7 @@
 //! Storage wiring: one `DATABASE_URL` selects SQLite (the embedded default) or PostgreSQL.
 //!
-//! - [`streams`]: the per-user event streams, through cqrs-es and sqlite-es / postgres-es.
+//! - [`streams`]: the per-user event streams: loaded through cqrs-es and sqlite-es /
+//!   postgres-es, kept in memory between a live user's commands, appended in one transaction.
 //! - [`catalog`]: versioned test definitions.
 //! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
 //!   each event's metadata, and snapshots that survive a change of the aggregate's shape.

@@ -12,11 +12,6 @@ use super::StoreError;
 /// The channel every node listens on ([`crate::cluster`]).
 pub const CHANNEL: &str = "assessd_sessions";
 
-/// The metadata key through which the command path asks the repository to append only
-/// while this session owns the user. The repository removes it before the events are
-/// hashed and stored: it is an instruction, not part of the record.
-pub const MUST_OWN_KEY: &str = "assessd.must_own";
-
 /// The appending session no longer owns the user: nothing was recorded.
 #[derive(Debug, Error)]
 #[error("session {session_id} no longer owns the stream of {user_id}")]

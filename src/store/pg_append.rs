@@ -30,8 +30,11 @@ pub async fn persist<A: Aggregate>(
     snapshot_update: Option<(String, Value, usize)>,
     must_own: Option<Uuid>,
 ) -> Result<(), PersistenceError> {
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
     let mut tx = pool.begin().await.map_err(sql_error)?;
-    if let (Some(session_id), Some(first)) = (must_own, events.first()) {
+    if let Some(session_id) = must_own {
         owners::check_in(&mut tx, &first.aggregate_id, session_id)
             .await
             .map_err(|e| match e {
@@ -39,24 +42,28 @@ pub async fn persist<A: Aggregate>(
                 OwnerCheckError::Sql(e) => sql_error(e),
             })?;
     }
-    let mut last_sequence = 0;
+    // One statement for the commit's events, however many (an answer appends three):
+    // each statement is a round trip inside the transaction.
+    let mut sequences = Vec::with_capacity(events.len());
     for event in events {
-        last_sequence = event.sequence;
-        sqlx::query(
-            "insert into events (aggregate_type, aggregate_id, sequence, event_type, \
-             event_version, payload, metadata) values ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(A::TYPE)
-        .bind(&event.aggregate_id)
-        .bind(to_i64(event.sequence)?)
-        .bind(&event.event_type)
-        .bind(&event.event_version)
-        .bind(&event.payload)
-        .bind(&event.metadata)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error)?;
+        sequences.push(to_i64(event.sequence)?);
     }
+    let last_sequence = events.last().map_or(first.sequence, |e| e.sequence);
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) \
+         select $1, $2, * from unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+    )
+    .bind(A::TYPE)
+    .bind(&first.aggregate_id)
+    .bind(sequences)
+    .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .map_err(sql_error)?;
     if let Some((aggregate_id, payload, current_snapshot)) = snapshot_update {
         if current_snapshot == 1 {
             sqlx::query(

@@ -1,15 +1,26 @@
-//! The per-user event streams: load a user's aggregate (snapshot + newer events), decide a
-//! command, append the events under optimistic concurrency, retry on a conflict.
+//! The per-user event streams: load a user's state (snapshot + newer events), decide a
+//! command, append its events under optimistic concurrency, decide again on a conflict.
 //!
-//! Built on cqrs-es's `PersistedEventStore` with the sqlite-es / postgres-es repositories.
-//! `CqrsFramework` is not used: it does not return the committed events (the session needs
-//! their sequence numbers) and it runs queries after the commit, dropping their errors.
+//! Loading goes through cqrs-es's `PersistedEventStore` with the sqlite-es / postgres-es
+//! repositories, wrapped by [`ChainedRepository`]. Appending does not go through its
+//! `commit`: the command path keeps what it knows of a stream between commands ([`Known`],
+//! held with the user's command lock), so a command is decided on the state in memory and
+//! appended without reading the stream first (a load decodes the snapshot and the newer
+//! events: most of a command's cost before). Another writer (another node, an admin
+//! elsewhere, a tool) is caught by the stream's optimistic concurrency: it took the next
+//! sequence, so this append fails, what was known is forgotten, and the command is decided
+//! again on the stream as read. A command that records nothing is answered from memory
+//! only after one indexed read of the stream's head says memory is current.
+//! `CqrsFramework` is not used: it does not return the committed events and it runs
+//! queries after the commit, dropping their errors.
 
 use std::collections::HashMap;
 
 use chrono::Utc;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateError, EventStore};
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistedEventStore, PersistenceError, SerializedEvent,
+};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use domain::{DomainError, Outcome, UserCommand, UserEvent, UserStream};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
@@ -31,12 +42,12 @@ pub struct EventMetadata {
     /// `user:<sub>` for a test-taker's own actions, `admin:<sub>` for an admin's.
     pub actor: String,
     /// Append only while this session owns the user (on PostgreSQL, checked in the
-    /// append's transaction: [`super::owners`]). Not recorded.
+    /// append's transaction: [`super::owners`]). An instruction, not recorded.
     pub must_own: Option<uuid::Uuid>,
 }
 
 impl EventMetadata {
-    fn to_map(&self) -> HashMap<String, String> {
+    fn to_value(&self) -> serde_json::Value {
         let mut map = HashMap::from([
             ("node_id".to_string(), self.node_id.clone()),
             ("actor".to_string(), self.actor.clone()),
@@ -51,10 +62,7 @@ impl EventMetadata {
         if let Some(id) = &self.request_id {
             map.insert("request_id".into(), id.clone());
         }
-        if let Some(session) = self.must_own {
-            map.insert(super::owners::MUST_OWN_KEY.into(), session.to_string());
-        }
-        map
+        serde_json::json!(map)
     }
 }
 
@@ -89,27 +97,58 @@ pub enum AppendError {
     Store(#[from] StoreError),
 }
 
-type Store<R> = PersistedEventStore<R, UserStream>;
+/// What the command path knows of one user's stream between commands: the state after
+/// its latest event as this process last saw it. It lives with the user's command lock
+/// ([`crate::registry::Registry::user_lock`]), so only while the user has a live session
+/// here, and only a holder of that lock reads or changes it.
+#[derive(Debug, Default)]
+pub struct Known(Option<KnownStream>);
 
-/// The event store of every user's stream, on either backend.
-pub enum Streams {
-    Sqlite(Store<ChainedRepository<SqliteEventRepository>>),
-    Postgres(Store<ChainedRepository<PostgresEventRepository>>),
+#[derive(Debug)]
+struct KnownStream {
+    /// The state after event `state.sequence`.
+    state: UserStream,
+    /// The number of the stream's snapshot row, as cqrs-es counts them (1 for the first).
+    snapshot: Option<usize>,
+    /// The hash of event `state.sequence`, once known without reading it back.
+    last_hash: Option<String>,
 }
 
-/// Runs `$body` with `$store` bound to the backend's `PersistedEventStore`.
-macro_rules! on_store {
-    ($self:expr, $store:ident => $body:expr) => {
-        match $self {
-            Streams::Sqlite($store) => $body,
-            Streams::Postgres($store) => $body,
+type Store<R> = PersistedEventStore<R, UserStream>;
+
+/// One backend's event store (for loads) and the repository under it (for appends).
+struct Backend<R: PersistedEventRepository> {
+    store: Store<ChainedRepository<R>>,
+    repo: ChainedRepository<R>,
+}
+
+/// The event store of every user's stream, on either backend.
+pub struct Streams {
+    backend: Backends,
+    db: Database,
+    /// A snapshot is written whenever a commit reaches a multiple of this.
+    snapshot_every: usize,
+}
+
+enum Backends {
+    Sqlite(Backend<SqliteEventRepository>),
+    Postgres(Backend<PostgresEventRepository>),
+}
+
+/// Runs `$body` with `$backend` bound to the database's [`Backend`].
+macro_rules! on_backend {
+    ($self:expr, $backend:ident => $body:expr) => {
+        match &$self.backend {
+            Backends::Sqlite($backend) => $body,
+            Backends::Postgres($backend) => $body,
         }
     };
 }
 
 enum Attempt {
     Done(Committed),
-    Conflict,
+    /// Another writer appended first, or memory was behind: decide again on the stream.
+    Stale,
 }
 
 impl Streams {
@@ -117,89 +156,230 @@ impl Streams {
     /// snapshot and at most that many newer events.
     pub fn new(db: &Database, snapshot_every: usize) -> Self {
         let every = snapshot_every.max(1);
-        match db {
-            Database::Sqlite(pool) => Streams::Sqlite(PersistedEventStore::new_snapshot_store(
-                ChainedRepository::new(SqliteEventRepository::new(pool.clone()), db.clone(), every),
-                every,
-            )),
-            Database::Postgres(pool) => Streams::Postgres(PersistedEventStore::new_snapshot_store(
-                ChainedRepository::new(
-                    PostgresEventRepository::new(pool.clone()),
-                    db.clone(),
-                    every,
-                ),
-                every,
-            )),
+        let backend = match db {
+            Database::Sqlite(pool) => {
+                let repo = || {
+                    ChainedRepository::new(
+                        SqliteEventRepository::new(pool.clone()),
+                        db.clone(),
+                        every,
+                    )
+                };
+                Backends::Sqlite(Backend {
+                    store: PersistedEventStore::new_snapshot_store(repo(), every),
+                    repo: repo(),
+                })
+            }
+            Database::Postgres(pool) => {
+                let repo = || {
+                    ChainedRepository::new(
+                        PostgresEventRepository::new(pool.clone()),
+                        db.clone(),
+                        every,
+                    )
+                };
+                Backends::Postgres(Backend {
+                    store: PersistedEventStore::new_snapshot_store(repo(), every),
+                    repo: repo(),
+                })
+            }
+        };
+        Streams {
+            backend,
+            db: db.clone(),
+            snapshot_every: every,
         }
     }
 
     /// The user's current state (an empty stream for a user never seen).
     pub async fn load(&self, user_id: &str) -> Result<UserStream, StoreError> {
-        on_store!(self, store => {
-            let context = store.load_aggregate(user_id).await.map_err(store_error)?;
-            Ok(context.aggregate)
+        Ok(self.read(user_id).await?.state)
+    }
+
+    async fn read(&self, user_id: &str) -> Result<KnownStream, StoreError> {
+        on_backend!(self, backend => {
+            let context = backend.store.load_aggregate(user_id).await.map_err(store_error)?;
+            Ok(KnownStream {
+                state: context.aggregate,
+                snapshot: context.current_snapshot,
+                last_hash: None,
+            })
         })
     }
 
-    /// Decides `command` against the user's latest state and appends its events. A lost
-    /// race (another writer appended first) is decided again on the new state: the domain
-    /// is deterministic, so this is safe, and a retried answer is idempotent there.
+    /// Decides `command` against the user's latest state (`known`, when it is current) and
+    /// appends its events. A lost race (another writer appended first) is decided again on
+    /// the stream as read: the domain is deterministic, so this is safe, and a retried
+    /// answer is idempotent there. `known` is left holding the state after the command,
+    /// or nothing when it cannot be trusted.
     pub async fn execute(
         &self,
         user_id: &str,
         command: UserCommand,
         metadata: &EventMetadata,
+        known: &mut Known,
     ) -> Result<Committed, AppendError> {
         for _ in 0..MAX_ATTEMPTS {
-            let attempt = on_store!(self, store => try_once(store, user_id, command.clone(), metadata).await)?;
-            if let Attempt::Done(outcome) = attempt {
-                return Ok(outcome);
+            let (stream, from_memory) = match known.0.take() {
+                Some(stream) => (stream, true),
+                None => (self.read(user_id).await?, false),
+            };
+            let attempt = on_backend!(self, backend => {
+                self.try_once(&backend.repo, user_id, command.clone(), metadata, stream, from_memory, known).await
+            })?;
+            if let Attempt::Done(committed) = attempt {
+                return Ok(committed);
             }
-            tracing::debug!(user_id, "optimistic concurrency conflict; deciding again");
+            tracing::debug!(user_id, "the stream moved on; deciding again");
         }
         Err(AppendError::Conflict)
     }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once<R: PersistedEventRepository>(
+        &self,
+        repo: &ChainedRepository<R>,
+        user_id: &str,
+        command: UserCommand,
+        metadata: &EventMetadata,
+        mut stream: KnownStream,
+        from_memory: bool,
+        known: &mut Known,
+    ) -> Result<Attempt, AppendError> {
+        let domain::Decision { outcome, events } = stream.state.decide(command)?;
+        if events.is_empty() {
+            // Nothing to append, so nothing would catch a stale answer: check the head.
+            if from_memory && self.head(user_id).await? != stream.state.sequence {
+                return Ok(Attempt::Stale);
+            }
+            let state = stream.state.clone();
+            known.0 = Some(stream);
+            return Ok(Attempt::Done(Committed {
+                outcome,
+                events: Vec::new(),
+                state,
+            }));
+        }
+        let before = stream.state.sequence;
+        let serialized = serialize(user_id, before, &events, metadata)?;
+        for event in &events {
+            stream.state.apply(event.clone());
+        }
+        // Written whenever the commit reaches a multiple of the interval, with the state
+        // after its last event: a snapshot always holds exactly the state it is labelled with.
+        let snapshot =
+            if before / self.snapshot_every != stream.state.sequence / self.snapshot_every {
+                let next = stream.snapshot.map_or(1, |n| n + 1);
+                let payload = serde_json::to_value(&stream.state)
+                    .map_err(|e| StoreError::EventStore(e.to_string()))?;
+                Some((user_id.to_string(), payload, next))
+            } else {
+                None
+            };
+        let next_snapshot = snapshot.as_ref().map(|(_, _, n)| *n).or(stream.snapshot);
+        match repo
+            .append::<UserStream>(
+                serialized,
+                snapshot,
+                stream.last_hash.take(),
+                metadata.must_own,
+            )
+            .await
+        {
+            Ok(last_hash) => {
+                let state = stream.state.clone();
+                known.0 = Some(KnownStream {
+                    state: stream.state,
+                    snapshot: next_snapshot,
+                    last_hash: Some(last_hash),
+                });
+                Ok(Attempt::Done(Committed {
+                    outcome,
+                    events: events
+                        .into_iter()
+                        .zip(before + 1..)
+                        .map(|(event, sequence)| Recorded { sequence, event })
+                        .collect(),
+                    state,
+                }))
+            }
+            Err(err) if is_lost_race(&err) => Ok(Attempt::Stale),
+            Err(PersistenceError::UnknownError(inner)) if inner.is::<NotOwner>() => {
+                match inner.downcast::<NotOwner>() {
+                    Ok(not_owner) => Err(AppendError::Replaced(*not_owner)),
+                    Err(other) => Err(StoreError::EventStore(other.to_string()).into()),
+                }
+            }
+            Err(err) => Err(persistence_error(err).into()),
+        }
+    }
+
+    /// The sequence of the stream's latest event (0 for a stream never written).
+    async fn head(&self, user_id: &str) -> Result<usize, StoreError> {
+        let head: i64 = match &self.db {
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar("select coalesce(max(sequence), 0) from events where aggregate_type = ? and aggregate_id = ?")
+                    .bind(UserStream::TYPE)
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("select coalesce(max(sequence), 0)::bigint from events where aggregate_type = $1 and aggregate_id = $2")
+                    .bind(UserStream::TYPE)
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        usize::try_from(head).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
 }
 
-async fn try_once<R: cqrs_es::persist::PersistedEventRepository>(
-    store: &Store<R>,
+/// One commit's events as the repositories store them, numbered after `before`.
+fn serialize(
     user_id: &str,
-    command: UserCommand,
+    before: usize,
+    events: &[UserEvent],
     metadata: &EventMetadata,
-) -> Result<Attempt, AppendError> {
-    let context = store.load_aggregate(user_id).await.map_err(store_error)?;
-    let domain::Decision { outcome, events } = context.aggregate.decide(command)?;
-    let mut state = context.aggregate.clone();
-    for event in &events {
-        cqrs_es::Aggregate::apply(&mut state, event.clone());
+) -> Result<Vec<SerializedEvent>, StoreError> {
+    let metadata = metadata.to_value();
+    events
+        .iter()
+        .zip(before + 1..)
+        .map(|(event, sequence)| {
+            Ok(SerializedEvent {
+                aggregate_id: user_id.to_string(),
+                sequence,
+                aggregate_type: UserStream::TYPE.to_string(),
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_value(event)
+                    .map_err(|e| StoreError::EventStore(e.to_string()))?,
+                metadata: metadata.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Another writer took a sequence first. postgres-es reports a duplicate sequence as an
+/// optimistic-lock error; sqlite-es only does so for a primary-key violation (1555), so
+/// the unique constraint of our schema (2067) arrives as an unexpected sqlx error.
+fn is_lost_race(err: &PersistenceError) -> bool {
+    match err {
+        PersistenceError::OptimisticLockError => true,
+        PersistenceError::UnknownError(inner) => inner
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .is_some_and(|db| db.is_unique_violation()),
+        _ => false,
     }
-    if events.is_empty() {
-        return Ok(Attempt::Done(Committed {
-            outcome,
-            events: Vec::new(),
-            state,
-        }));
-    }
-    match store.commit(events, context, metadata.to_map()).await {
-        Ok(envelopes) => Ok(Attempt::Done(Committed {
-            outcome,
-            events: envelopes
-                .into_iter()
-                .map(|e| Recorded {
-                    sequence: e.sequence,
-                    event: e.payload,
-                })
-                .collect(),
-            state,
-        })),
-        Err(err) if is_conflict(&err) => Ok(Attempt::Conflict),
-        Err(AggregateError::UnexpectedError(inner)) if inner.is::<NotOwner>() => {
-            match inner.downcast::<NotOwner>() {
-                Ok(not_owner) => Err(AppendError::Replaced(*not_owner)),
-                Err(other) => Err(store_error(AggregateError::UnexpectedError(other)).into()),
-            }
-        }
-        Err(err) => Err(store_error(err).into()),
+}
+
+fn persistence_error(err: PersistenceError) -> StoreError {
+    match err {
+        PersistenceError::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::EventStore(other.to_string()),
     }
 }
 

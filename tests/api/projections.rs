@@ -96,7 +96,7 @@ async fn my_assessments_page(backend: Backend) {
         };
         app.state
             .streams
-            .execute("pat", start, &metadata)
+            .execute("pat", start, &metadata, &mut Default::default())
             .await
             .unwrap();
         let end = UserCommand::EndByAdmin {
@@ -105,7 +105,7 @@ async fn my_assessments_page(backend: Backend) {
         };
         app.state
             .streams
-            .execute("pat", end, &metadata)
+            .execute("pat", end, &metadata, &mut Default::default())
             .await
             .unwrap();
     }

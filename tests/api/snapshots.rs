@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use assessd::store::streams::{EventMetadata, Streams};
+use assessd::store::streams::{EventMetadata, Known, Streams};
 use assessd::store::Database;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::persist::PersistedEventStore;
@@ -218,6 +218,8 @@ async fn run(
     steps: &[Step],
 ) -> Result<(), String> {
     let mut now = t0();
+    // Kept across the steps, as a live session's command lock keeps it.
+    let mut known = Known::default();
     for (i, step) in steps.iter().enumerate() {
         let state = streams.load(user).await.map_err(|e| e.to_string())?;
         let command = match step {
@@ -268,14 +270,28 @@ async fn run(
                 now,
             }),
         };
-        if let Some(command) = command {
-            // A refused command records nothing; that is part of what is being exercised.
-            let _ = streams.execute(user, command, &metadata()).await;
-        }
+        // A refused command records nothing; that is part of what is being exercised.
+        let committed = match command {
+            Some(command) => streams
+                .execute(user, command, &metadata(), &mut known)
+                .await
+                .ok(),
+            None => None,
+        };
         if let Some(db) = db {
             check_consistent(db, streams, user)
                 .await
                 .map_err(|e| format!("after step {i} ({step:?}): {e}"))?;
+            // The state decided from memory is the state the stream replays to.
+            if let Some(committed) = committed {
+                let replayed = replay(db, user).await;
+                if committed.state != replayed {
+                    return Err(format!(
+                        "after step {i} ({step:?}): the state in memory (sequence {}) differs from the replay (sequence {})",
+                        committed.state.sequence, replayed.sequence
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -292,6 +308,7 @@ async fn a_multi_event_command_at_every_offset_never_skips_events(backend: Backe
         let streams = Streams::new(db, every);
         for offset in 0..every + 3 {
             let user = format!("offset-{every}-{offset}");
+            let mut known = Known::default();
             for i in 0..offset {
                 let chat = UserCommand::Chat {
                     assessment_id: None,
@@ -301,7 +318,10 @@ async fn a_multi_event_command_at_every_offset_never_skips_events(backend: Backe
                     ai: None,
                     now: t0(),
                 };
-                streams.execute(&user, chat, &metadata()).await.unwrap();
+                streams
+                    .execute(&user, chat, &metadata(), &mut known)
+                    .await
+                    .unwrap();
             }
             let steps = [
                 Step::Start {

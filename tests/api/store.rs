@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use assessd::commands::{self, CommandError, Origin};
-use assessd::store::streams::{is_conflict, EventMetadata, Streams};
+use assessd::store::streams::{is_conflict, EventMetadata, Known, Streams};
 use assessd::store::Database;
 use chrono::Utc;
 use cqrs_es::persist::PersistedEventStore;
@@ -99,8 +99,14 @@ async fn concurrent_writers_are_retried_not_lost(backend: Backend) {
         .map(|i| {
             let streams = streams.clone();
             tokio::spawn(async move {
+                // Each writer knows the stream as it last saw it, as sessions on two
+                // nodes would: the others' appends make that stale.
+                let mut known = Known::default();
                 streams
-                    .execute("shared", chat(&format!("w{i}")), &metadata())
+                    .execute("shared", chat(&format!("w{i}")), &metadata(), &mut known)
+                    .await?;
+                streams
+                    .execute("shared", chat(&format!("w{i}'")), &metadata(), &mut known)
                     .await
             })
         })
@@ -111,7 +117,7 @@ async fn concurrent_writers_are_retried_not_lost(backend: Backend) {
             .expect("every writer eventually commits");
     }
     let state = streams.load("shared").await.unwrap();
-    assert_eq!(state.sequence, writers);
+    assert_eq!(state.sequence, 2 * writers);
     app.stop().await;
 }
 
@@ -122,9 +128,10 @@ async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
         return;
     };
     let streams = Streams::new(&app.state.db, 5);
+    let mut known = Known::default();
     for i in 0..12 {
         streams
-            .execute("long", chat(&format!("m{i}")), &metadata())
+            .execute("long", chat(&format!("m{i}")), &metadata(), &mut known)
             .await
             .unwrap();
     }
@@ -198,11 +205,77 @@ async fn a_replaced_session_records_nothing(backend: Backend) {
     app.stop().await;
 }
 
+/// What a writer keeps in memory between commands is never trusted past another writer's
+/// append (as with sessions on two nodes): an append from stale memory is decided again on
+/// the stream, an answer that records nothing is checked against the stream's head, and
+/// the hash chain stays whole across both.
+async fn memory_made_stale_by_another_writer_is_caught(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let streams = Streams::new(&app.state.db, 3);
+    let (mut a, mut b) = (Known::default(), Known::default());
+    async fn run(
+        streams: &Streams,
+        command: UserCommand,
+        known: &mut Known,
+    ) -> Result<assessd::store::streams::Committed, assessd::store::streams::AppendError> {
+        streams.execute("twice", command, &metadata(), known).await
+    }
+
+    assert_eq!(
+        run(&streams, chat("a1"), &mut a)
+            .await
+            .unwrap()
+            .state
+            .sequence,
+        1
+    );
+    assert_eq!(
+        run(&streams, chat("b1"), &mut b)
+            .await
+            .unwrap()
+            .state
+            .sequence,
+        2
+    );
+    // Nothing to append, so no conflict would show that a's memory ends at event 1.
+    let expire = UserCommand::ExpireOverdue { now: Utc::now() };
+    let answered = run(&streams, expire, &mut a).await.unwrap();
+    assert!(answered.events.is_empty());
+    assert_eq!(answered.state.sequence, 2, "answered from stale memory");
+    assert_eq!(
+        run(&streams, chat("b2"), &mut b)
+            .await
+            .unwrap()
+            .state
+            .sequence,
+        3
+    );
+    let appended = run(&streams, chat("a2"), &mut a).await.unwrap();
+    assert_eq!(
+        appended
+            .events
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>(),
+        [4]
+    );
+    assert_eq!(appended.state, streams.load("twice").await.unwrap());
+    let verified = assessd::store::chain::verify(&app.state.db, "user", "twice")
+        .await
+        .unwrap();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.events_checked, 4);
+    app.stop().await;
+}
+
 crate::on_both_backends!(
     a_replaced_session_records_nothing,
     a_stale_writer_gets_a_conflict,
     concurrent_writers_are_retried_not_lost,
     a_long_stream_loads_from_its_snapshot,
+    memory_made_stale_by_another_writer_is_caught,
 );
 
 /// Every event carries a hash chained to the one before; altering, removing or reordering
@@ -282,7 +355,12 @@ async fn a_snapshot_that_no_longer_fits_is_rebuilt(backend: Backend) {
     let streams = Streams::new(&app.state.db, 3);
     for i in 0..4 {
         streams
-            .execute("reshaped", chat(&format!("m{i}")), &metadata())
+            .execute(
+                "reshaped",
+                chat(&format!("m{i}")),
+                &metadata(),
+                &mut Known::default(),
+            )
             .await
             .unwrap();
     }
@@ -295,7 +373,12 @@ async fn a_snapshot_that_no_longer_fits_is_rebuilt(backend: Backend) {
     );
     for i in 4..8 {
         streams
-            .execute("reshaped", chat(&format!("m{i}")), &metadata())
+            .execute(
+                "reshaped",
+                chat(&format!("m{i}")),
+                &metadata(),
+                &mut Known::default(),
+            )
             .await
             .expect("no lasting conflict");
     }
