@@ -36,6 +36,18 @@ impl Application {
     /// port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let state = state(&settings).await?;
+        // Before this node can start a job: any job running under its id was left by an
+        // earlier process with the same id.
+        match state.jobs.fail_left_running().await {
+            Ok(0) => {}
+            Ok(left) => tracing::warn!(
+                jobs = left,
+                "jobs left running by an earlier process of this node are marked failed"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mark the jobs an earlier process of this node left running")
+            }
+        }
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("Failed to bind {}", settings.bind))?;
@@ -158,6 +170,11 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         .await
         .context("Failed to prepare the read models")?;
     let limits = settings.limits.clone();
+    let jobs = crate::jobs::Jobs::new(
+        db.clone(),
+        settings.node_id.clone(),
+        settings.membership.lease,
+    );
     Ok(AppState::new(Shared {
         streams: Streams::new(&db, settings.snapshot_every),
         db,
@@ -166,7 +183,7 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         registry: Registry::new(limits.max_connections),
         metrics: Metrics::new(),
         projections,
-        jobs: Default::default(),
+        jobs,
         rate: UserRateLimit::new(limits.rate_per_sec, limits.rate_burst),
         limits,
         node_id: settings.node_id.clone(),

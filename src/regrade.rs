@@ -247,8 +247,12 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
         None => None,
     };
     let users = takers::answered(&state.db, &plan.test_id, &plan.question_id).await?;
-    let job_id = state.jobs.start_regrade(&plan.test_id, users.len() as u64);
-    let (state, id, admin) = (state.clone(), job_id.clone(), admin_id.to_string());
+    let job = state
+        .jobs
+        .start_regrade(&plan.test_id, users.len() as u64)
+        .await?;
+    let job_id = job.id().to_string();
+    let (state, admin) = (state.clone(), admin_id.to_string());
     tracing::info!(test_id = %plan.test_id, question_id = %plan.question_id, streams = users.len(), ?corrected_version, admin = %admin, "regrade started");
     tokio::spawn(async move {
         let plan = Arc::new(plan);
@@ -278,7 +282,7 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
                     tracing::error!(user_id, error = %e, "regrade of a stream failed");
                 }
             }
-            state.jobs.regrade_progress(&id, done, answers);
+            job.regrade_progress(done, answers);
         }
         let result = if failed == 0 {
             Ok(())
@@ -289,7 +293,7 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
             ))
         };
         tracing::info!(test_id = %plan.test_id, streams = done, answers, failed, "regrade finished");
-        state.jobs.finish(&id, result);
+        job.finish(result).await;
     });
     Ok(job_id)
 }

@@ -41,8 +41,8 @@ pub struct Shared {
     pub rate: UserRateLimit,
     /// The read models, kept caught up in the background.
     pub projections: projections::Projections,
-    /// Admin jobs (projection rebuilds) running or finished in this process.
-    pub jobs: Arc<crate::jobs::Jobs>,
+    /// Admin jobs (projection rebuilds, regrades) of every node on this database.
+    pub jobs: crate::jobs::Jobs,
     /// Cancelled when the server shuts down; sessions then close with 1001.
     pub shutdown: CancellationToken,
     /// Every live session, so shutdown can wait for them to finish.

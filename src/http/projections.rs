@@ -1,5 +1,5 @@
 //! The read models, for admins: their state and lag, a rebuild started in the background,
-//! and the job that reports its progress.
+//! and the job that reports its progress (on any node: jobs are rows, src/jobs.rs).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -30,7 +30,8 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionState {
     pub name: String,
-    /// `rebuilding` (a rebuild runs in this process), `live` (caught up) or `catching_up`.
+    /// `rebuilding` (a rebuild of it runs on a live node), `live` (caught up) or
+    /// `catching_up`.
     pub status: String,
     pub events_applied: i64,
     /// Events recorded and not yet applied.
@@ -80,7 +81,7 @@ async fn list_projections(
     let mut items = Vec::new();
     for checkpoint in state.projections.status().await? {
         let lag = projections::feed::count_after(&db, checkpoint.position).await?;
-        let status = if state.jobs.rebuilding(&checkpoint.name) {
+        let status = if state.jobs.rebuilding(&checkpoint.name).await? {
             "rebuilding"
         } else if lag == 0 {
             "live"
@@ -111,7 +112,9 @@ async fn list_projections(
     description = "Role: admin.\n\n\
                    Builds the projection again beside the live one and swaps it in within \
                    one transaction; readers never see a half-built view and answers keep \
-                   flowing. Follow the job at `GET /api/admin/jobs/{job_id}`.",
+                   flowing. Follow the job at `GET /api/admin/jobs/{job_id}` on any node. \
+                   One rebuild of a projection runs at a time across every node on the \
+                   database.",
     params(("name" = String, Path, description = "The projection, e.g. `assessments`.")),
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["admin"]))),
@@ -120,7 +123,8 @@ async fn list_projections(
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has no admin role.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection.", body = ErrorBody),
-        (status = 409, description = "`conflict`: a rebuild of it is already running.", body = ErrorBody),
+        (status = 409, description = "`conflict`: a rebuild of it is already running (on any live node).", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
     ),
 )]
 async fn rebuild_projection(
@@ -135,7 +139,8 @@ async fn rebuild_projection(
             format!("no projection named {name:?}"),
         ));
     }
-    let job_id = jobs::spawn_rebuild(state.jobs.clone(), state.projections.db(), &name)
+    let job_id = jobs::spawn_rebuild(&state.jobs, state.projections.db(), &name)
+        .await?
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Conflict,
@@ -152,7 +157,11 @@ async fn rebuild_projection(
     path = "/api/admin/jobs/{job_id}",
     tag = "projections",
     summary = "A background job's progress",
-    description = "Role: admin. Jobs are kept by the process that runs them.",
+    description = "Role: admin.\n\n\
+                   Jobs are kept in the database, so every node answers for every job, and \
+                   a job is still there after its node restarts. A job whose node stopped \
+                   before it ended (killed, or shut down) is `failed` with the error \
+                   \"the node running it stopped (<node id>)\".",
     params(("job_id" = String, Path, description = "From the reply that started the job.")),
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["admin"]))),
@@ -160,7 +169,8 @@ async fn rebuild_projection(
         (status = 200, description = "The job.", body = Job),
         (status = 401, description = "`unauthorized`: missing or bad token.", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token has no admin role.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such job here.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job (a job id is a UUID).", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
     ),
 )]
 async fn get_job(
@@ -172,6 +182,7 @@ async fn get_job(
     state
         .jobs
         .get(&job_id)
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {job_id:?}")))
 }

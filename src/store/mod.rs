@@ -11,6 +11,7 @@
 //! - [`audit`]: read-only queries over the event history for auditors.
 //! - [`audit_log`]: the log of those reads (who read whose data, when, how).
 //! - [`takers`]: which users' streams hold a test's answers or overrides (indexed).
+//! - [`jobs`]: the admin jobs' rows (rebuilds, regrades), shared by every node.
 //!
 //! The schema is ours (`migrations/sqlite`, `migrations/postgres`), applied at start-up and
 //! by `assessd migrate`.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod catalog;
 pub mod chain;
+pub mod jobs;
 pub mod owners;
 pub mod pg_append;
 pub mod streams;

@@ -425,7 +425,7 @@ async fn poll(app: &TestApp, path: &str, token: &str, ok: impl Fn(&Value) -> boo
 }
 
 /// Answers the small test's two questions with `first` and `second`.
-async fn take(app: &TestApp, user: &str, first: &str, second: &str) {
+pub(crate) async fn take(app: &TestApp, user: &str, first: &str, second: &str) {
     let mut ws = app.connect(user).await;
     let (started, q1) = ws.start("exam").await;
     let id = started["assessment_id"].as_str().unwrap();

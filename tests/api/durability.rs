@@ -23,8 +23,20 @@ pub async fn start_process_logging(
     log_level: &str,
     log: Stdio,
 ) -> (Child, SocketAddr) {
+    start_process_with(database_url, data_dir, log_level, log, &[]).await
+}
+
+/// Like [`start_process_logging`], with more environment variables (`ASSESSD_NODE_ID`, ...).
+pub async fn start_process_with(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    log_level: &str,
+    log: Stdio,
+    envs: &[(&str, &str)],
+) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_assessd"))
         .arg("serve")
+        .envs(envs.iter().copied())
         .env("ASSESSD_BIND", "127.0.0.1:0")
         .env("DATABASE_URL", database_url)
         .env("ASSESSD_JWT_SECRET", SECRET)

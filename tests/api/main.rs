@@ -14,6 +14,7 @@ mod concurrency;
 mod durability;
 mod flow;
 mod http_api;
+mod jobs;
 mod lifecycle;
 mod limits;
 mod nginx;

@@ -35,7 +35,7 @@ const MEMBERSHIP: Membership = Membership {
 };
 
 /// Polls `check` until it gives a value, for at most 10 s.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn until<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -152,7 +152,7 @@ crate::on_both_backends!(
 
 /// Two nodes on one PostgreSQL database, both listening for each other; `None` when
 /// PostgreSQL is unreachable outside CI (announced by the helper).
-async fn two_postgres_nodes() -> Option<(TestApp, TestApp)> {
+pub(crate) async fn two_postgres_nodes() -> Option<(TestApp, TestApp)> {
     let a = spawn_app_with(Backend::Postgres, |s| {
         s.node_id = "node-a".into();
         s.membership = MEMBERSHIP;
