@@ -1,5 +1,5 @@
-//! The event repository the event store writes through: the crates' repository for the
-//! backend, plus two things they do not do.
+//! The event repository the event store reads and writes through: the crates' repository
+//! for the backend, plus what they do not do.
 //!
 //! - **Tamper evidence.** Each event's metadata carries `hash` = SHA-256 over the previous
 //!   event's hash and this event's content (stream id, sequence, type, version, payload,
@@ -8,8 +8,9 @@
 //! - **Snapshots labelled with the state they hold.** When one commit's events cross the
 //!   snapshot boundary, cqrs-es 0.5 serialises the aggregate after only the events up to
 //!   the boundary, while sqlite-es / postgres-es label the row with the commit's LAST
-//!   sequence; every later load then skips the events in between. Here the rest of the
-//!   commit's events are applied to the snapshot before it is written, so a snapshot is
+//!   sequence; every later load then skips the events in between. The command path writes
+//!   the state after the commit's last event; a commit through cqrs-es has the rest of
+//!   its events applied to the snapshot before it is written. Either way a snapshot is
 //!   always exactly the state after the sequence it is labelled with.
 //! - **Snapshots that no longer fit.** When the aggregate's shape changes, an old snapshot
 //!   no longer deserializes; cqrs-es then replays from zero but tries to INSERT a first
@@ -19,6 +20,8 @@
 //! - **One writer per user across nodes.** On PostgreSQL the append goes through
 //!   [`super::pg_append`], which checks in the same transaction that the appending session
 //!   still owns the user when the command path asks for it ([`ChainedRepository::append`]).
+//! - **Group commit on SQLite.** There the append goes through [`super::sqlite_append`],
+//!   whose one writer task commits many streams' appends in one transaction.
 //!
 //! The command path ([`super::streams`]) appends through [`ChainedRepository::append`]
 //! with the state it keeps in memory; the `PersistedEventRepository` impl is what cqrs-es
@@ -42,6 +45,8 @@ const HASH_KEY: &str = "hash";
 pub struct ChainedRepository<R> {
     inner: R,
     db: Database,
+    /// The SQLite group-commit writer, started by the first append.
+    sqlite_writer: std::sync::OnceLock<super::sqlite_append::Writer>,
     /// The event store's snapshot interval: cqrs-es snapshots at multiples of it.
     snapshot_every: usize,
 }
@@ -51,6 +56,7 @@ impl<R> ChainedRepository<R> {
         Self {
             inner,
             db,
+            sqlite_writer: std::sync::OnceLock::new(),
             snapshot_every: snapshot_every.max(1),
         }
     }
@@ -226,7 +232,12 @@ impl<R: PersistedEventRepository> ChainedRepository<R> {
             }
             // One process is the whole cluster: the command lock and the registry's
             // live-session check already keep a replaced session from recording.
-            Database::Sqlite(_) => self.inner.persist::<A>(&events, snapshot_update).await?,
+            Database::Sqlite(pool) => {
+                self.sqlite_writer
+                    .get_or_init(|| super::sqlite_append::Writer::start(pool.clone()))
+                    .append(A::TYPE, events, snapshot_update)
+                    .await?
+            }
         }
         Ok(previous)
     }

@@ -8,6 +8,8 @@
 //! - [`owners`]: the table of which session owns each user (PostgreSQL).
 //! - [`pg_append`]: the PostgreSQL append, events and snapshot with the session-owner
 //!   check in one transaction.
+//! - [`sqlite_append`]: the SQLite append, many users' commits in one transaction (group
+//!   commit) by one writer task.
 //! - [`audit`]: read-only queries over the event history for auditors.
 //! - [`audit_log`]: the log of those reads (who read whose data, when, how).
 //! - [`takers`]: which users' streams hold a test's answers or overrides (indexed).
@@ -23,6 +25,7 @@ pub mod chain;
 pub mod jobs;
 pub mod owners;
 pub mod pg_append;
+pub mod sqlite_append;
 pub mod streams;
 pub mod takers;
 

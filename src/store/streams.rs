@@ -31,7 +31,7 @@ use super::owners::NotOwner;
 use super::{Database, StoreError};
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: usize = 8;
 
 /// Who and what caused a command; recorded as every event's metadata (PROTOCOL section 4).
 #[derive(Debug, Clone, Default)]
@@ -219,18 +219,25 @@ impl Streams {
         metadata: &EventMetadata,
         known: &mut Known,
     ) -> Result<Committed, AppendError> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let (stream, from_memory) = match known.0.take() {
                 Some(stream) => (stream, true),
                 None => (self.read(user_id).await?, false),
             };
-            let attempt = on_backend!(self, backend => {
+            let outcome = on_backend!(self, backend => {
                 self.try_once(&backend.repo, user_id, command.clone(), metadata, stream, from_memory, known).await
             })?;
-            if let Attempt::Done(committed) = attempt {
+            if let Attempt::Done(committed) = outcome {
                 return Ok(committed);
             }
             tracing::debug!(user_id, "the stream moved on; deciding again");
+            if !from_memory {
+                // Writers that read the same version and lost together would meet again
+                // (on SQLite, in the same group commit): a random pause spreads them out.
+                let most = 1u64 << attempt.min(6);
+                let pause = rand::Rng::random_range(&mut rand::rng(), 0..=most * 1000);
+                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+            }
         }
         Err(AppendError::Conflict)
     }
