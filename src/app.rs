@@ -175,7 +175,12 @@ pub async fn state(settings: &Settings) -> anyhow::Result<AppState> {
         settings.node_id.clone(),
         settings.membership.lease,
     );
+    let claims = match &db {
+        Database::Postgres(pool) => Some(crate::store::claims::Claims::start(pool.clone())),
+        Database::Sqlite(_) => None,
+    };
     Ok(AppState::new(Shared {
+        claims,
         streams: Streams::new(&db, settings.snapshot_every),
         db,
         catalog,

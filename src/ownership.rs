@@ -53,7 +53,10 @@ pub async fn take(
         }
         Database::Postgres(pool) => pool,
     };
-    let generation = claim(pool, user_id, session_id, &state.node_id).await?;
+    let generation = match &state.claims {
+        Some(claims) => claims.claim(user_id, session_id, &state.node_id).await?,
+        None => claim(pool, user_id, session_id, &state.node_id).await?,
+    };
     let registration = state.registry.register(user_id, session_id, generation);
     // A newer claim announced between our commit and our registration found nothing here
     // to evict; look once more now that the session is registered. Later notices find it.

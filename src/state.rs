@@ -23,6 +23,8 @@ pub struct AppState(pub(crate) Arc<Shared>);
 
 pub struct Shared {
     pub db: Database,
+    /// Connections' claims of their users, batched (PostgreSQL; SQLite has one node).
+    pub claims: Option<crate::store::claims::Claims>,
     pub streams: Streams,
     pub catalog: Catalog,
     pub keys: JwtKeys,

@@ -6,6 +6,7 @@
 //! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
 //!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
 //! - [`owners`]: the table of which session owns each user (PostgreSQL).
+//! - [`claims`]: connections' claims of their users, many in one statement (PostgreSQL).
 //! - [`pg_append`]: the PostgreSQL append, events and snapshot with the session-owner
 //!   check in one transaction.
 //! - [`sqlite_append`]: the SQLite append, many users' commits in one transaction (group
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod catalog;
 pub mod chain;
+pub mod claims;
 pub mod jobs;
 pub mod owners;
 pub mod pg_append;

@@ -608,3 +608,74 @@ async fn a_takeover_waits_for_an_append_in_flight() {
     assert_eq!((owner.session_id, owner.node_id.as_str()), (new, "node-b"));
     b.stop().await;
 }
+
+/// Claims gathered into one statement keep every guarantee of one claim at a time: each
+/// caller gets its own generation once it is committed, a user claimed several times in
+/// one burst gets one generation per claim (rising by one), the newest claim owns the
+/// row, and every claim is announced on the channel with the generation it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_claims_is_committed_and_announced_together() {
+    let Some((a, b)) = two_postgres_nodes().await else {
+        return;
+    };
+    let pool = pg_pool(&a);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(ownership::CHANNEL).await.unwrap();
+    let claims = assessd::store::claims::Claims::start(pool.clone());
+    // 200 users once, and "twice" ten times over, all at once.
+    let mut wanted: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
+    wanted.extend(std::iter::repeat_n("twice".to_string(), 10));
+    let tasks: Vec<_> = wanted
+        .iter()
+        .map(|user| {
+            let (claims, user) = (claims.clone(), user.clone());
+            let session = Uuid::new_v4();
+            tokio::spawn(async move {
+                let generation = claims.claim(&user, session, "node-a").await.unwrap();
+                (user, session, generation)
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for task in tasks {
+        got.push(task.await.unwrap());
+    }
+    let mut twice: Vec<i64> = got
+        .iter()
+        .filter(|(user, ..)| user == "twice")
+        .map(|(.., generation)| *generation)
+        .collect();
+    twice.sort_unstable();
+    assert_eq!(twice, (1..=10).collect::<Vec<_>>());
+    for (user, session, generation) in &got {
+        let owner = ownership::owner_of(&pool, user).await.unwrap().unwrap();
+        if user != "twice" {
+            assert_eq!((owner.session_id, owner.generation), (*session, 1));
+        } else if *generation == 10 {
+            assert_eq!(owner.session_id, *session, "the newest claim owns the row");
+        }
+    }
+    let mut announced = std::collections::HashSet::new();
+    while announced.len() < got.len() {
+        let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("every claim is announced")
+            .unwrap();
+        let notice: Value = serde_json::from_str(notice.payload()).unwrap();
+        announced.insert((
+            notice["user_id"].as_str().unwrap().to_string(),
+            notice["session_id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap(),
+            notice["generation"].as_i64().unwrap(),
+        ));
+    }
+    for claim in &got {
+        assert!(announced.contains(claim), "{claim:?} was not announced");
+    }
+    b.stop().await;
+}
