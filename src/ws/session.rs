@@ -372,8 +372,6 @@ impl Session {
         }
     }
 
-    /// Queues `replies` in order, waiting for room: while the client does not read, this
-    /// session does not read it either. Fails only when the writer is gone.
     /// CONNECTED, then where the user stands. A grading or question generation of the
     /// previous connection holds the rest of the greeting until it is recorded (up to two
     /// model timeouts), so then the stream as recorded so far is loaded and CONNECTED sent
@@ -393,6 +391,8 @@ impl Session {
         Ok(self.send_all(replies).await)
     }
 
+    /// Queues `replies` in order, waiting for room: while the client does not read, this
+    /// session does not read it either. Fails only when the writer is gone.
     async fn send_all(&mut self, replies: Vec<Reply>) -> Result<(), End> {
         self.outbox().send(replies).await.map_err(|_| End::Gone)
     }
