@@ -12,8 +12,9 @@
 //! 3. **NOTIFY.** `pg_notify` of an owner-sized payload from 1 and from 16 connections, as
 //!    fast as they go, with a listener counting what arrives: notifications sent and
 //!    delivered per second (`BENCH_NOTIFIES`, default 20000).
-//! 4. **Claims.** `ownership::claim` (an upsert and a NOTIFY in one statement: what every
-//!    connection costs the database) from 1 and 16 connections, per second.
+//! 4. **Claims.** `ownership::claim` (an upsert, then a NOTIFY: what one connection costs
+//!    the database) from 1 and 16 connections, and batched as a node makes them
+//!    (`store::claims`, 1,000 connects at once), per second.
 //!
 //! `cargo bench --bench cross_node`. PostgreSQL at `BENCH_POSTGRES_URL`, else
 //! `DATABASE_TEST_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`; the bench creates
@@ -348,6 +349,43 @@ async fn claim_rate(url: &str) {
         let done = n / workers * workers;
         println!(
             "cross_node: claims (a connection taking its user) from {workers} connection(s): {done} in {took:.2?} ({:.0}/s)",
+            done as f64 / took.as_secs_f64()
+        );
+        pool.close().await;
+    }
+    // As a node claims since claims are batched: every waiting connect's claim in one
+    // statement and one announcing transaction (`store::claims`), here from 1,000
+    // connects at once.
+    {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await
+            .expect("pool");
+        let claims = assessd::store::claims::Claims::start(pool.clone());
+        let callers = 1000;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let claims = claims.clone();
+            let count = n / callers;
+            tasks.push(tokio::spawn(async move {
+                for i in 0..count {
+                    let user = format!("batched-{c}-{i}");
+                    claims
+                        .claim(&user, Uuid::new_v4(), "bench")
+                        .await
+                        .expect("claim");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let took = started.elapsed();
+        let done = n / callers * callers;
+        println!(
+            "cross_node: batched claims (store::claims) from {callers} connects at once: {done} in {took:.2?} ({:.0}/s)",
             done as f64 / took.as_secs_f64()
         );
         pool.close().await;
