@@ -20,14 +20,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use crate::store::jobs::{Counts, Job, JobStatus};
 use crate::store::{self, Database, StoreError};
 
 /// The shortest time between two progress writes of one job.
@@ -36,68 +35,6 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// wait between tries (doubled each time).
 const FINISH_TRIES: u32 = 5;
 const FINISH_BACKOFF: Duration = Duration::from_millis(100);
-
-/// A job as `GET /api/admin/jobs/{job_id}` shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Job {
-    pub job_id: String,
-    /// What the job does, e.g. `rebuild`.
-    pub kind: String,
-    /// The projection it works on.
-    pub projection: String,
-    pub status: JobStatus,
-    pub events_done: u64,
-    /// The events in the history when the job started.
-    pub events_total: u64,
-    pub started_at: DateTime<Utc>,
-    #[schema(required = true)]
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Why a failed job failed.
-    #[schema(required = true)]
-    pub error: Option<String>,
-    /// A regrade's test (its `projection` is empty; `events_done` and `events_total`
-    /// count the users' streams regraded and to regrade).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub test_id: Option<String>,
-    /// A regrade's `AnswerRegraded` events recorded so far.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub answers_regraded: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Running,
-    Done,
-    Failed,
-}
-
-impl JobStatus {
-    /// As stored in `jobs.status` (and as serialized).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Running => "running",
-            JobStatus::Done => "done",
-            JobStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [JobStatus::Running, JobStatus::Done, JobStatus::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
-
-/// How far a job has come: the counts of [`Job`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counts {
-    pub events_done: u64,
-    pub events_total: u64,
-    pub answers_regraded: Option<u64>,
-}
 
 /// Why a running job of a gone node is failed.
 fn stopped(node_id: &str) -> String {
@@ -133,7 +70,7 @@ impl Jobs {
         if node_id == self.node_id {
             return Ok(true);
         }
-        let live = crate::nodes::live(&self.db, self.lease).await?;
+        let live = crate::store::nodes::live(&self.db, self.lease).await?;
         Ok(live.iter().any(|n| n.node_id == node_id))
     }
 

@@ -6,7 +6,70 @@ use chrono::{DateTime, Utc};
 
 use super::audit::{parse_sqlite_time, sqlite_time};
 use super::{Database, StoreError};
-use crate::jobs::{Counts, Job, JobStatus};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A job as `GET /api/admin/jobs/{job_id}` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Job {
+    pub job_id: String,
+    /// What the job does, e.g. `rebuild`.
+    pub kind: String,
+    /// The projection it works on.
+    pub projection: String,
+    pub status: JobStatus,
+    pub events_done: u64,
+    /// The events in the history when the job started.
+    pub events_total: u64,
+    pub started_at: DateTime<Utc>,
+    #[schema(required = true)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why a failed job failed.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    /// A regrade's test (its `projection` is empty; `events_done` and `events_total`
+    /// count the users' streams regraded and to regrade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub test_id: Option<String>,
+    /// A regrade's `AnswerRegraded` events recorded so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub answers_regraded: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobStatus {
+    /// As stored in `jobs.status` (and as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [JobStatus::Running, JobStatus::Done, JobStatus::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// How far a job has come: the counts of [`Job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub events_done: u64,
+    pub events_total: u64,
+    pub answers_regraded: Option<u64>,
+}
 
 /// A job's row: the job as the API shows it, and the node that runs it.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@ pub mod catalog;
 pub mod chain;
 pub mod claims;
 pub mod jobs;
+pub mod nodes;
 pub mod owners;
 pub mod pg_append;
 pub mod sqlite_append;
