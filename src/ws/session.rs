@@ -71,13 +71,21 @@ where
 
     // The claim commits (and the older socket, on any node, is told) before the stream is
     // read, so this session sees everything the older one recorded.
-    let registration = match crate::ownership::take(&state, &identity.user_id, session_id).await {
+    // Boxed here and below: an awaited future is stored inside its caller's, so every
+    // large step that runs only now and then (the claim, the greeting, a command) would
+    // otherwise size the memory of every idle session's task.
+    let registration = match Box::pin(crate::ownership::take(
+        &state,
+        &identity.user_id,
+        session_id,
+    ))
+    .await
+    {
         Ok(registration) => registration,
         Err(e) => {
             tracing::error!(user_id = %identity.user_id, error = %e, "could not claim the user's stream");
             let refusal = Reply::error(&ClientError::from(e));
-            let _ = Outbox::new(out_tx.clone(), state.clone(), None)
-                .send(vec![refusal])
+            let _ = Box::pin(Outbox::new(out_tx.clone(), state.clone(), None).send(vec![refusal]))
                 .await;
             let _ = out_tx.try_send(Outbound::Close(
                 close::TRY_AGAIN_LATER,
@@ -184,7 +192,7 @@ impl Session {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        match self.greet().await {
+        match Box::pin(self.greet()).await {
             Ok(Ok(())) => self.spawn_question(),
             Ok(Err(end)) => return end,
             Err(e) => {
@@ -211,12 +219,12 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
-                _ = evicted.cancelled() => Err(self.replaced().await),
+                _ = evicted.cancelled() => Err(Box::pin(self.replaced()).await),
                 // The writer gave up on the socket: nothing more can reach the client.
                 _ = writer.closed() => Err(End::Gone),
                 _ = changed.notified() => {
                     self.request_id = None;
-                    let replies = self.handler.refresh().await;
+                    let replies = Box::pin(self.handler.refresh()).await;
                     self.send_result(replies).await
                 }
                 frame = stream.next() => {
@@ -228,10 +236,10 @@ impl Session {
                             if text.len() > limits.max_message_bytes {
                                 Err(End::Close(close::TOO_BIG, "message too big"))
                             } else {
-                                self.on_text(text.as_str()).await
+                                Box::pin(self.on_text(text.as_str())).await
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => self.on_binary().await,
+                        Some(Ok(Message::Binary(_))) => Box::pin(self.on_binary()).await,
                         // axum answers pings itself; a pong only proves the client is alive.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     }
@@ -245,7 +253,7 @@ impl Session {
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     self.request_id = None;
-                    match self.handler.expire().await {
+                    match Box::pin(self.handler.expire()).await {
                         Ok(replies) => self.send_all(replies).await,
                         Err(e) => {
                             let sent = self.send_all(vec![Reply::error(&e)]).await;
