@@ -320,116 +320,102 @@ async fn notify_rate(url: &str) {
     }
 }
 
+/// Runs `call(caller, i)` `each` times from each of `callers` tasks at once; returns how
+/// many calls ran and how long they took.
+async fn concurrently<F, Fut>(callers: usize, each: usize, call: F) -> (usize, Duration)
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    call(c, i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (callers * each, started.elapsed())
+}
+
+fn print_rate(what: &str, (done, took): (usize, Duration)) {
+    println!(
+        "cross_node: {what}: {done} in {took:.2?} ({:.0}/s)",
+        done as f64 / took.as_secs_f64()
+    );
+}
+
+async fn pool_of(url: &str, connections: usize) -> sqlx::PgPool {
+    PgPoolOptions::new()
+        .max_connections(connections as u32)
+        .connect(url)
+        .await
+        .expect("pool")
+}
+
 async fn claim_rate(url: &str) {
     let n = env_usize("BENCH_CLAIMS", 10_000);
     for workers in [1usize, 16] {
-        let pool = PgPoolOptions::new()
-            .max_connections(workers as u32)
-            .connect(url)
-            .await
-            .expect("pool");
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..workers {
+        let pool = pool_of(url, workers).await;
+        let claim = move |w: usize, i: usize| {
             let pool = pool.clone();
-            let count = n / workers;
-            tasks.push(tokio::spawn(async move {
-                for i in 0..count {
-                    let user = format!("claimer-{workers}-{w}-{}", i % 500);
-                    ownership::claim(&pool, &user, Uuid::new_v4(), "bench")
-                        .await
-                        .expect("claim");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let took = started.elapsed();
-        let done = n / workers * workers;
-        println!(
-            "cross_node: claims (a connection taking its user) from {workers} connection(s): {done} in {took:.2?} ({:.0}/s)",
-            done as f64 / took.as_secs_f64()
-        );
-        pool.close().await;
+            async move {
+                let user = format!("claimer-{workers}-{w}-{}", i % 500);
+                ownership::claim(&pool, &user, Uuid::new_v4(), "bench")
+                    .await
+                    .expect("claim");
+            }
+        };
+        let what = format!("claims (a connection taking its user) from {workers} connection(s)");
+        print_rate(&what, concurrently(workers, n / workers, claim).await);
     }
     // As a node claims since claims are batched: every waiting connect's claim in one
     // statement and one announcing transaction (`store::claims`), here from 1,000
     // connects at once.
     {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .connect(url)
-            .await
-            .expect("pool");
-        let claims = assessd::store::claims::Claims::start(pool.clone());
+        let claims = assessd::store::claims::Claims::start(pool_of(url, 16).await);
         let callers = 1000;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..callers {
+        let claim = move |c: usize, i: usize| {
             let claims = claims.clone();
-            let count = n / callers;
-            tasks.push(tokio::spawn(async move {
-                for i in 0..count {
-                    let user = format!("batched-{c}-{i}");
-                    claims
-                        .claim(&user, Uuid::new_v4(), "bench")
-                        .await
-                        .expect("claim");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let took = started.elapsed();
-        let done = n / callers * callers;
-        println!(
-            "cross_node: batched claims (store::claims) from {callers} connects at once: {done} in {took:.2?} ({:.0}/s)",
-            done as f64 / took.as_secs_f64()
-        );
-        pool.close().await;
-    }
-    // For comparison: the same upsert without the NOTIFY in its transaction (a notifying
-    // commit holds PostgreSQL's notify lock through its WAL flush, so such commits queue).
-    for workers in [1usize, 16] {
-        let pool = PgPoolOptions::new()
-            .max_connections(workers as u32)
-            .connect(url)
-            .await
-            .expect("pool");
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..workers {
-            let pool = pool.clone();
-            let count = n / workers;
-            tasks.push(tokio::spawn(async move {
-                for i in 0..count {
-                    let user = format!("plain-{workers}-{w}-{}", i % 500);
-                    sqlx::query(
-                        "insert into session_owners (user_id, session_id, node_id, generation) \
-                         values ($1, $2, 'bench', 1) on conflict (user_id) do update \
-                         set session_id = excluded.session_id, \
-                             generation = session_owners.generation + 1, since = now()",
-                    )
-                    .bind(&user)
-                    .bind(Uuid::new_v4())
-                    .execute(&pool)
+            async move {
+                let user = format!("batched-{c}-{i}");
+                claims
+                    .claim(&user, Uuid::new_v4(), "bench")
                     .await
-                    .expect("upsert");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let took = started.elapsed();
-        let done = n / workers * workers;
-        println!(
-            "cross_node: the same upsert without NOTIFY from {workers} connection(s): {done} in {took:.2?} ({:.0}/s)",
-            done as f64 / took.as_secs_f64()
-        );
-        pool.close().await;
+                    .expect("claim");
+            }
+        };
+        let what = format!("batched claims (store::claims) from {callers} connects at once");
+        print_rate(&what, concurrently(callers, n / callers, claim).await);
+    }
+    // For comparison: the claim's upsert without its NOTIFY.
+    for workers in [1usize, 16] {
+        let pool = pool_of(url, workers).await;
+        let upsert = move |w: usize, i: usize| {
+            let pool = pool.clone();
+            async move {
+                let user = format!("plain-{workers}-{w}-{}", i % 500);
+                sqlx::query(
+                    "insert into session_owners (user_id, session_id, node_id, generation) \
+                     values ($1, $2, 'bench', 1) on conflict (user_id) do update \
+                     set session_id = excluded.session_id, \
+                         generation = session_owners.generation + 1, since = now()",
+                )
+                .bind(&user)
+                .bind(Uuid::new_v4())
+                .execute(&pool)
+                .await
+                .expect("upsert");
+            }
+        };
+        let what = format!("the same upsert without NOTIFY from {workers} connection(s)");
+        print_rate(&what, concurrently(workers, n / workers, upsert).await);
     }
 }
 

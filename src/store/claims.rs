@@ -126,16 +126,18 @@ async fn commit(pool: &PgPool, mut batch: Vec<Claim>) {
             return;
         }
     };
-    let mut announced = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // What to announce, column by column as `unnest` takes it.
+    let (mut to_users, mut to_sessions, mut to_nodes, mut to_generations) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for claim in batch {
         let outcome = generations.get(&claim.user_id).copied().ok_or_else(|| {
             StoreError::Corrupt(format!("no generation came back for {}", claim.user_id))
         });
         if let Ok(generation) = outcome {
-            announced.0.push(claim.user_id.clone());
-            announced.1.push(claim.session_id);
-            announced.2.push(claim.node_id.clone());
-            announced.3.push(generation);
+            to_users.push(claim.user_id.clone());
+            to_sessions.push(claim.session_id);
+            to_nodes.push(claim.node_id.clone());
+            to_generations.push(generation);
         }
         // A caller that stopped waiting (its socket closed) still holds the claim; its
         // session never registers, and the next claim of the user takes over.
@@ -147,13 +149,13 @@ async fn commit(pool: &PgPool, mut batch: Vec<Claim>) {
          from unnest($2::text[], $3::uuid[], $4::text[], $5::bigint[]) as c(u, s, n, g)",
     )
     .bind(CHANNEL)
-    .bind(&announced.0)
-    .bind(&announced.1)
-    .bind(&announced.2)
-    .bind(&announced.3)
+    .bind(&to_users)
+    .bind(&to_sessions)
+    .bind(&to_nodes)
+    .bind(&to_generations)
     .execute(pool)
     .await;
     if let Err(e) = sent {
-        tracing::warn!(claims = announced.0.len(), error = %e, "could not announce claims; the other nodes find them at their next check");
+        tracing::warn!(claims = to_users.len(), error = %e, "could not announce claims; the other nodes find them at their next check");
     }
 }

@@ -369,18 +369,10 @@ fn serialize(
         .collect()
 }
 
-/// Another writer took a sequence first. postgres-es reports a duplicate sequence as an
-/// optimistic-lock error; sqlite-es only does so for a primary-key violation (1555), so
-/// the unique constraint of our schema (2067) arrives as an unexpected sqlx error.
+/// Another writer took a sequence (or moved the snapshot on) first: both appends
+/// ([`super::pg_append`], [`super::sqlite_append`]) report it as an optimistic-lock error.
 fn is_lost_race(err: &PersistenceError) -> bool {
-    match err {
-        PersistenceError::OptimisticLockError => true,
-        PersistenceError::UnknownError(inner) => inner
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .is_some_and(|db| db.is_unique_violation()),
-        _ => false,
-    }
+    matches!(err, PersistenceError::OptimisticLockError)
 }
 
 fn persistence_error(err: PersistenceError) -> StoreError {
@@ -390,18 +382,10 @@ fn persistence_error(err: PersistenceError) -> StoreError {
     }
 }
 
-/// postgres-es reports a duplicate sequence as `AggregateConflict`; sqlite-es only does so
-/// for a primary-key violation (1555), so the unique constraint of our schema (2067)
-/// arrives as an unexpected sqlx error and is recognised here.
+/// A commit through cqrs-es that lost its race: the appends under the repository report a
+/// taken sequence as an optimistic-lock error, which cqrs-es turns into this.
 pub fn is_conflict(err: &AggregateError<DomainError>) -> bool {
-    match err {
-        AggregateError::AggregateConflict => true,
-        AggregateError::UnexpectedError(inner) => inner
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .is_some_and(|db| db.is_unique_violation()),
-        _ => false,
-    }
+    matches!(err, AggregateError::AggregateConflict)
 }
 
 fn store_error(err: AggregateError<DomainError>) -> StoreError {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use assessd::commands::{self, CommandError, Origin};
+use assessd::store::chain::ChainedRepository;
 use assessd::store::streams::{is_conflict, EventMetadata, Known, Streams};
 use assessd::store::Database;
 use chrono::Utc;
@@ -34,8 +35,9 @@ fn metadata() -> EventMetadata {
     }
 }
 
-/// Two writers that loaded the same version: the second commit is refused as a conflict
-/// (on SQLite a unique-constraint error the crate does not map), and only one is stored.
+/// Two writers that loaded the same version: the second commit through the repository the
+/// event store writes through is refused as a conflict on both stores (sqlite-es alone
+/// reports our schema's unique constraint as an unexpected error), and only one is stored.
 async fn a_stale_writer_gets_a_conflict(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |_| {}).await else {
         return;
@@ -74,13 +76,21 @@ async fn a_stale_writer_gets_a_conflict(backend: Backend) {
     match &app.state.db {
         Database::Sqlite(pool) => {
             race(PersistedEventStore::new_event_store(
-                sqlite_es::SqliteEventRepository::new(pool.clone()),
+                ChainedRepository::new(
+                    sqlite_es::SqliteEventRepository::new(pool.clone()),
+                    app.state.db.clone(),
+                    20,
+                ),
             ))
             .await
         }
         Database::Postgres(pool) => {
             race(PersistedEventStore::new_event_store(
-                postgres_es::PostgresEventRepository::new(pool.clone()),
+                ChainedRepository::new(
+                    postgres_es::PostgresEventRepository::new(pool.clone()),
+                    app.state.db.clone(),
+                    20,
+                ),
             ))
             .await
         }
