@@ -1,12 +1,15 @@
 //! Regrading by replay (PROTOCOL section 6): one question's key or points corrected for
 //! every attempt, finished or not, of every version of a test that has the question.
 //!
-//! A [`Plan`] holds the correction applied to each version's own question (checked as a
-//! test definition's question is). The users to look at are found through the events
-//! table's `test_id` index ([`crate::store::takers`]), never by loading every stream.
-//! For each of them the domain decides [`UserCommand::Regrade`] on their stream: the
-//! recorded answer graded again with the domain's own grading, one `AnswerRegraded` per
-//! answer whose grade changes. The dry run decides without appending; the real run stores
+//! A [`Plan`] holds each version's own question and the correction, checked against every
+//! one of them as a test definition's question is. The users to look at (those who
+//! answered the question, and those with an attempt of the test in progress) are found
+//! through the events table's `test_id` index ([`crate::store::takers`]), never by
+//! loading every stream. For each of them the domain decides [`UserCommand::Regrade`] on
+//! their stream: the recorded answer graded again with the domain's own grading, one
+//! `AnswerRegraded` per answer whose grade changes, and `QuestionCorrected` in an attempt
+//! in progress that has not answered the question yet, so the answer it gives later is
+//! graded with the correction. The dry run decides without appending; the real run stores
 //! the corrected definition as a new version first (so new attempts use it) and then runs
 //! the commands through the one command path as an admin, so each open socket is told
 //! (`SCORE_CHANGED`), a concurrent answer of the user waits its turn, and the read models
@@ -16,11 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use domain::generated::ADAPTIVE_POINTS;
-use domain::test_definition::QuestionDefinition;
 use domain::{
     grading, AttemptStatus, Correction, Outcome, Regrade, TestDefinition, UserCommand, UserEvent,
-    UserStream, ValidationError,
+    UserStream, ValidationError, VersionQuestion,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -53,8 +54,8 @@ pub struct Plan {
     pub test_id: String,
     pub question_id: String,
     pub correction: Correction,
-    /// The corrected question of every version that has it, as that version grades it.
-    pub corrected: BTreeMap<u32, QuestionDefinition>,
+    /// Every version that has the question, with its own question (uncorrected).
+    pub versions: BTreeMap<u32, VersionQuestion>,
     /// The latest version with the corrected question, when the latest version has it.
     pub next_definition: Option<TestDefinition>,
     pub reason: String,
@@ -92,7 +93,7 @@ impl Plan {
         if reason.trim().is_empty() {
             return Err(invalid("reason", "must not be empty"));
         }
-        let mut corrected = BTreeMap::new();
+        let mut versions = BTreeMap::new();
         let mut next_definition = None;
         for version in 1..=latest.version {
             let Some(definition) = state.catalog.version(test_id, version).await? else {
@@ -101,7 +102,7 @@ impl Plan {
             let Some(question) = definition.question(question_id) else {
                 continue;
             };
-            let mut fixed = correction.apply_to(question).map_err(|e| {
+            let fixed = correction.apply_to(question).map_err(|e| {
                 if version == latest.version {
                     PlanError::Invalid(e)
                 } else {
@@ -114,18 +115,19 @@ impl Plan {
             if version == latest.version {
                 let mut next = (*definition).clone();
                 if let Some(q) = next.questions.iter_mut().find(|q| q.id == question_id) {
-                    *q = fixed.clone();
+                    *q = fixed;
                 }
                 next_definition = Some(next);
             }
-            // An adaptive attempt grades a bank question at the adaptive points, as it was
-            // presented.
-            if definition.adaptive_count().is_some() {
-                fixed.points = ADAPTIVE_POINTS;
-            }
-            corrected.insert(version, fixed);
+            versions.insert(
+                version,
+                VersionQuestion {
+                    question: question.clone(),
+                    adaptive: definition.adaptive_count().is_some(),
+                },
+            );
         }
-        if corrected.is_empty() {
+        if versions.is_empty() {
             return Err(invalid(
                 "question_id",
                 format!("no version of test {test_id:?} has a question {question_id:?}"),
@@ -135,7 +137,7 @@ impl Plan {
             test_id: test_id.to_string(),
             question_id: question_id.to_string(),
             correction,
-            corrected,
+            versions,
             next_definition,
             reason,
         })
@@ -145,7 +147,7 @@ impl Plan {
         UserCommand::Regrade(Box::new(Regrade {
             test_id: self.test_id.clone(),
             question_id: self.question_id.clone(),
-            corrected: self.corrected.clone(),
+            versions: self.versions.clone(),
             correction: self.correction.clone(),
             corrected_version,
             reason: self.reason.clone(),
@@ -181,17 +183,34 @@ fn passed_now(stream: &UserStream, assessment_id: &str) -> bool {
         })
 }
 
+/// The users whose streams a regrade of `plan` must decide on, in id order: those who
+/// answered the question, and those with an attempt of the test in progress (the
+/// corrected version is stored before this is asked, so an attempt started later has it).
+async fn users(state: &AppState, plan: &Plan) -> Result<Vec<String>, StoreError> {
+    let mut users = takers::answered(&state.db, &plan.test_id, &plan.question_id).await?;
+    users.extend(takers::in_progress(&state.db, &plan.test_id).await?);
+    users.sort_unstable();
+    users.dedup();
+    Ok(users)
+}
+
+/// What a dry run finds.
+#[derive(Debug, Default)]
+pub struct Preview {
+    /// Each attempt whose score would change.
+    pub changes: Vec<Change>,
+    /// Attempts in progress that have not answered the question yet: their answer would
+    /// be graded with the correction.
+    pub open_attempts_corrected: u64,
+}
+
 /// What `plan` would change, deciding on every affected stream and recording nothing.
 ///
 /// # Errors
 /// A database error.
-pub async fn dry_run(
-    state: &AppState,
-    plan: &Plan,
-    actor: &str,
-) -> Result<Vec<Change>, StoreError> {
-    let users = takers::answered(&state.db, &plan.test_id, &plan.question_id).await?;
-    let changes: Vec<Vec<Change>> = futures_util::stream::iter(users)
+pub async fn dry_run(state: &AppState, plan: &Plan, actor: &str) -> Result<Preview, StoreError> {
+    let users = users(state, plan).await?;
+    let found: Vec<(Vec<Change>, u64)> = futures_util::stream::iter(users)
         .map(|user_id| async move {
             let stream = state.streams.load(&user_id).await?;
             // A stream the rules refuse to regrade (an unexpected state) changes nothing.
@@ -199,41 +218,49 @@ pub async fn dry_run(
                 .decide(plan.command(actor, None))
                 .map(|d| d.events)
                 .unwrap_or_default();
-            Ok::<_, StoreError>(
-                events
-                    .into_iter()
-                    .filter_map(|event| match event {
-                        UserEvent::AnswerRegraded {
+            let ahead = events
+                .iter()
+                .filter(|e| matches!(e, UserEvent::QuestionCorrected { .. }))
+                .count() as u64;
+            let changes = events
+                .into_iter()
+                .filter_map(|event| match event {
+                    UserEvent::AnswerRegraded {
+                        assessment_id,
+                        old_score,
+                        new_score,
+                        attempt_score,
+                        attempt_max_score,
+                        passed,
+                        ..
+                    } => {
+                        let attempt = stream.attempt(&assessment_id)?;
+                        Some(Change {
+                            user_id: user_id.clone(),
+                            old_score: attempt.score,
+                            new_score: attempt_score,
+                            max_score: attempt_max_score,
+                            old_passed: passed_now(&stream, &assessment_id),
+                            new_passed: passed,
+                            old_answer_score: old_score,
+                            new_answer_score: new_score,
                             assessment_id,
-                            old_score,
-                            new_score,
-                            attempt_score,
-                            attempt_max_score,
-                            passed,
-                            ..
-                        } => {
-                            let attempt = stream.attempt(&assessment_id)?;
-                            Some(Change {
-                                user_id: user_id.clone(),
-                                old_score: attempt.score,
-                                new_score: attempt_score,
-                                max_score: attempt_max_score,
-                                old_passed: passed_now(&stream, &assessment_id),
-                                new_passed: passed,
-                                old_answer_score: old_score,
-                                new_answer_score: new_score,
-                                assessment_id,
-                            })
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            )
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            Ok::<_, StoreError>((changes, ahead))
         })
         .buffered(STREAMS_AT_ONCE)
         .try_collect()
         .await?;
-    Ok(changes.into_iter().flatten().collect())
+    let mut preview = Preview::default();
+    for (changes, ahead) in found {
+        preview.changes.extend(changes);
+        preview.open_attempts_corrected += ahead;
+    }
+    Ok(preview)
 }
 
 /// Stores the corrected definition as a new version and starts the regrade of every
@@ -246,7 +273,7 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
         Some(definition) => Some(state.catalog.put(definition).await?.version),
         None => None,
     };
-    let users = takers::answered(&state.db, &plan.test_id, &plan.question_id).await?;
+    let users = users(state, &plan).await?;
     let job = state
         .jobs
         .start_regrade(&plan.test_id, users.len() as u64)
@@ -268,13 +295,14 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
                 }
             })
             .buffer_unordered(STREAMS_AT_ONCE);
-        let (mut done, mut answers, mut failed) = (0u64, 0u64, 0u64);
+        let (mut done, mut answers, mut open_corrected, mut failed) = (0u64, 0u64, 0u64, 0u64);
         while let Some((user_id, result)) = results.next().await {
             done += 1;
             match result {
                 Ok(committed) => {
-                    if let Outcome::Regraded { changed } = committed.outcome {
+                    if let Outcome::Regraded { changed, corrected } = committed.outcome {
                         answers += u64::from(changed);
+                        open_corrected += u64::from(corrected);
                     }
                 }
                 Err(e) => {
@@ -292,7 +320,7 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
                  regrades them (and changes nothing else)"
             ))
         };
-        tracing::info!(test_id = %plan.test_id, streams = done, answers, failed, "regrade finished");
+        tracing::info!(test_id = %plan.test_id, streams = done, answers, open_corrected, failed, "regrade finished");
         job.finish(result).await;
     });
     Ok(job_id)

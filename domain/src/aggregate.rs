@@ -8,7 +8,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{Regrade, UserCommand};
+use crate::commands::{Regrade, UserCommand, VersionQuestion};
 use crate::error::DomainError;
 use crate::events::{
     AiGrading, AiProvenance, Answer, CompletionReason, GenerationOutcome, PresentedChoice,
@@ -16,6 +16,7 @@ use crate::events::{
 };
 use crate::generated::{self, ADAPTIVE_POINTS};
 use crate::grading;
+use crate::regrade::Correction;
 use crate::test_definition::{QuestionDefinition, TestDefinition, ValidationError};
 
 /// Longest chat message accepted, in characters.
@@ -93,6 +94,19 @@ pub struct Attempt {
     /// older snapshots load.
     #[serde(default)]
     pub extension: Option<Extension>,
+    /// The corrections of this attempt's questions it has seen (`QuestionCorrected`,
+    /// `AnswerRegraded`), merged, by question id: a later answer or regrade grades with
+    /// them. Defaults to none, so older snapshots load.
+    #[serde(default)]
+    pub corrections: BTreeMap<String, SeenCorrection>,
+}
+
+/// Every correction an attempt has seen of one question, merged in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenCorrection {
+    pub correction: Correction,
+    /// The sequence of the latest event that recorded one.
+    pub seq: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +139,10 @@ pub struct RecordedFeedback {
     pub max_score: f64,
     pub feedback: String,
     pub seq: usize,
+    /// The model whose grade this is; `None`: the offline grader's. Defaults to none, so
+    /// older snapshots load (a regrade then grades such an answer offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Attempt {
@@ -151,8 +169,24 @@ impl Attempt {
         self.is_in_progress() && self.deadline.is_some_and(|d| now >= d)
     }
 
+    /// Records that `correction` reached `question_id` (event `seq`), after those before.
+    fn see_correction(&mut self, question_id: &str, correction: &Correction, seq: usize) {
+        let merged = match self.corrections.get(question_id) {
+            Some(seen) => seen.correction.then(correction),
+            None => correction.clone(),
+        };
+        self.corrections.insert(
+            question_id.to_string(),
+            SeenCorrection {
+                correction: merged,
+                seq,
+            },
+        );
+    }
+
     /// The definition an answer to `question_id` is graded with: a generated question's
-    /// recorded key, or the bank's (as presented). `None` for a question not in the test.
+    /// recorded key, or the bank's (as presented), as corrected since the attempt began.
+    /// `None` for a question not in the test.
     pub fn question_to_grade(
         &self,
         test: &TestDefinition,
@@ -306,9 +340,10 @@ pub enum Outcome {
     OverrideSet { test_id: String },
     /// An admin ended the user's override of a test.
     OverrideCleared { test_id: String },
-    /// A regrade recorded `changed` new grades (none when every answer already had its
-    /// corrected grade).
-    Regraded { changed: u32 },
+    /// A regrade recorded `changed` new grades of recorded answers, and `corrected`
+    /// corrections of a question an attempt in progress has not answered yet (none of
+    /// either when every attempt already had the correction).
+    Regraded { changed: u32, corrected: u32 },
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> DomainError {
@@ -550,9 +585,8 @@ impl Deciding {
             self.emit(event);
             return Ok(());
         };
-        let question = test.question(next_id).ok_or_else(|| {
-            DomainError::InconsistentCommand(format!("question {next_id} is not in the test"))
-        })?;
+        // As corrected since the attempt began (a regrade may have changed its points).
+        let question = &question_to_grade(attempt, test, next_id)?;
         self.emit(UserEvent::QuestionPresented {
             assessment_id: assessment_id.to_string(),
             test_id: test.id.clone(),
@@ -868,9 +902,11 @@ impl Deciding {
     }
 
     /// Grades every recorded answer to the question again, with the domain's own grading
-    /// and the corrected question of the version the attempt started with; records one
-    /// `AnswerRegraded` per answer whose grade changes, so the same correction twice
-    /// records nothing the second time.
+    /// and the question of the version the attempt started with, corrected by what the
+    /// attempt has seen and then by this correction; records one `AnswerRegraded` per
+    /// answer whose grade changes. An attempt in progress that has not answered the
+    /// question yet records `QuestionCorrected`, so its answer is graded with the
+    /// correction. The same correction twice records nothing the second time.
     fn regrade(&mut self, r: Regrade) -> Result<Outcome, DomainError> {
         check_reason(&r.reason)?;
         let ids: Vec<String> = self
@@ -880,59 +916,109 @@ impl Deciding {
             .filter(|a| a.test_id == r.test_id)
             .map(|a| a.assessment_id.clone())
             .collect();
-        let mut changed = 0;
+        let (mut changed, mut corrected_ahead) = (0, 0);
         for id in ids {
-            let Some(attempt) = self.state.attempt(&id) else {
+            let Some(event) = self.regrade_attempt(&r, &id) else {
                 continue;
             };
-            let Some(question) = r.corrected.get(&attempt.test_version) else {
-                continue;
-            };
-            // A question the model wrote is graded by its own recorded key, never the bank's.
-            if attempt.generated.iter().any(|q| q.id == r.question_id) {
-                continue;
+            if matches!(event, UserEvent::QuestionCorrected { .. }) {
+                corrected_ahead += 1;
+            } else {
+                changed += 1;
             }
-            let Some(recorded) = attempt.answer_to(&r.question_id) else {
-                continue;
-            };
-            // Not graded yet (a model's grading in flight): it will be graded as recorded.
-            let Some(before) = &recorded.feedback else {
-                continue;
-            };
-            if grading::check_answer_shape(question, &recorded.answer).is_err() {
-                continue;
+            self.emit(event);
+        }
+        Ok(Outcome::Regraded {
+            changed,
+            corrected: corrected_ahead,
+        })
+    }
+
+    /// What `r` records in one attempt, if anything.
+    fn regrade_attempt(&self, r: &Regrade, assessment_id: &str) -> Option<UserEvent> {
+        let attempt = self.state.attempt(assessment_id)?;
+        let version = r.versions.get(&attempt.test_version)?;
+        // A question the model wrote is graded by its own recorded key, never the bank's.
+        if attempt.generated.iter().any(|q| q.id == r.question_id) {
+            return None;
+        }
+        let seen = attempt
+            .corrections
+            .get(&r.question_id)
+            .map(|c| &c.correction);
+        let merged = seen.map_or_else(|| r.correction.clone(), |c| c.then(&r.correction));
+        let question = corrected(version, Some(&merged));
+        let Some(recorded) = attempt.answer_to(&r.question_id) else {
+            if !attempt.is_in_progress() || seen == Some(&merged) {
+                return None;
             }
-            let grade = grading::grade(question, &recorded.answer);
-            if same_score(grade.score, before.score)
-                && same_score(grade.max_score, before.max_score)
-                && grade.correct == before.correct
-            {
-                continue;
-            }
-            let attempt_score = attempt.score - before.score + grade.score;
-            let attempt_max_score = attempt.max_score - before.max_score + grade.max_score;
-            let event = UserEvent::AnswerRegraded {
-                assessment_id: id.clone(),
+            let before = corrected(version, seen);
+            let attempt_max_score = attempt.max_score - before.points + question.points;
+            return Some(UserEvent::QuestionCorrected {
+                assessment_id: assessment_id.to_string(),
                 test_id: r.test_id.clone(),
                 question_id: r.question_id.clone(),
-                old_score: before.score,
-                new_score: grade.score,
-                max_score: grade.max_score,
-                correct: grade.correct,
-                feedback: grade.feedback,
-                attempt_score,
+                points: question.points,
                 attempt_max_score,
-                passed: grading::passed(attempt_score, attempt_max_score, attempt.pass_ratio),
                 correction: r.correction.clone(),
                 corrected_version: r.corrected_version,
                 reason: r.reason.clone(),
                 actor: r.actor.clone(),
-                regraded_at: r.now,
-            };
-            self.emit(event);
-            changed += 1;
+                corrected_at: r.now,
+            });
+        };
+        // Not graded yet (a model's grading in flight): it will be graded as recorded.
+        let before = recorded.feedback.as_ref()?;
+        grading::check_answer_shape(&question, &recorded.answer).ok()?;
+        let graded_before = corrected(version, seen);
+        let (grade, graded_by) = match &before.model {
+            // Only the points of a model's grade changed: its judgement stands, scaled.
+            Some(model)
+                if graded_before.answer == question.answer
+                    && graded_before.keywords == question.keywords =>
+            {
+                let share = if before.max_score > 0.0 {
+                    before.score / before.max_score
+                } else {
+                    0.0
+                };
+                let grade = grading::Grade {
+                    correct: before.correct,
+                    score: share * question.points,
+                    max_score: question.points,
+                    feedback: before.feedback.clone(),
+                };
+                (grade, Some(model.clone()))
+            }
+            _ => (grading::grade(&question, &recorded.answer), None),
+        };
+        if same_score(grade.score, before.score)
+            && same_score(grade.max_score, before.max_score)
+            && grade.correct == before.correct
+        {
+            return None;
         }
-        Ok(Outcome::Regraded { changed })
+        let attempt_score = attempt.score - before.score + grade.score;
+        let attempt_max_score = attempt.max_score - before.max_score + grade.max_score;
+        Some(UserEvent::AnswerRegraded {
+            assessment_id: assessment_id.to_string(),
+            test_id: r.test_id.clone(),
+            question_id: r.question_id.clone(),
+            old_score: before.score,
+            new_score: grade.score,
+            max_score: grade.max_score,
+            correct: grade.correct,
+            feedback: grade.feedback,
+            attempt_score,
+            attempt_max_score,
+            passed: grading::passed(attempt_score, attempt_max_score, attempt.pass_ratio),
+            correction: r.correction.clone(),
+            corrected_version: r.corrected_version,
+            graded_by,
+            reason: r.reason.clone(),
+            actor: r.actor.clone(),
+            regraded_at: r.now,
+        })
     }
 }
 
@@ -946,13 +1032,31 @@ fn question_to_grade(
     if let Some(q) = attempt.generated.iter().find(|q| q.id == question_id) {
         return Ok(q.clone());
     }
-    let mut question = test.question(question_id).cloned().ok_or_else(|| {
+    let question = test.question(question_id).ok_or_else(|| {
         DomainError::InconsistentCommand(format!("question {question_id} is not in the test"))
     })?;
-    if test.adaptive_count().is_some() {
+    let version = VersionQuestion {
+        question: question.clone(),
+        adaptive: test.adaptive_count().is_some(),
+    };
+    Ok(corrected(
+        &version,
+        attempt.corrections.get(question_id).map(|c| &c.correction),
+    ))
+}
+
+/// A version's question as an attempt grades it after `correction` (the merged
+/// corrections it has seen): an adaptive test's bank question is worth
+/// [`ADAPTIVE_POINTS`] whatever the points say.
+fn corrected(version: &VersionQuestion, correction: Option<&Correction>) -> QuestionDefinition {
+    let mut question = match correction {
+        Some(c) => c.overlay(&version.question),
+        None => version.question.clone(),
+    };
+    if version.adaptive {
         question.points = ADAPTIVE_POINTS;
     }
-    Ok(question)
+    question
 }
 
 fn completion(attempt: &Attempt, reason: CompletionReason, now: DateTime<Utc>) -> UserEvent {
@@ -1023,6 +1127,7 @@ impl Aggregate for UserStream {
                 status: AttemptStatus::InProgress,
                 generated: Vec::new(),
                 extension: None,
+                corrections: BTreeMap::new(),
             }),
             UserEvent::QuestionPresented {
                 assessment_id,
@@ -1065,10 +1170,13 @@ impl Aggregate for UserStream {
                 score,
                 max_score,
                 feedback,
+                graded_by,
                 ..
             } => {
                 if let Some(a) = self.attempt_mut(&assessment_id) {
                     a.score += score;
+                    let model = (graded_by.graded_by != grading::OFFLINE_GRADER)
+                        .then_some(graded_by.graded_by);
                     if let Some(recorded) =
                         a.answers.iter_mut().find(|r| r.question_id == question_id)
                     {
@@ -1078,6 +1186,7 @@ impl Aggregate for UserStream {
                             max_score,
                             feedback,
                             seq,
+                            model,
                         });
                     }
                 }
@@ -1149,9 +1258,12 @@ impl Aggregate for UserStream {
                 attempt_score,
                 attempt_max_score,
                 passed,
+                correction,
+                graded_by,
                 ..
             } => {
                 if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.see_correction(&question_id, &correction, seq);
                     a.score = attempt_score;
                     a.max_score = attempt_max_score;
                     if let Some(recorded) =
@@ -1163,10 +1275,29 @@ impl Aggregate for UserStream {
                             f.max_score = max_score;
                             f.correct = correct;
                             f.feedback = feedback;
+                            f.model = graded_by;
                         }
                     }
                     if let AttemptStatus::Completed { passed: p, .. } = &mut a.status {
                         *p = passed;
+                    }
+                }
+            }
+            UserEvent::QuestionCorrected {
+                assessment_id,
+                question_id,
+                points,
+                attempt_max_score,
+                correction,
+                ..
+            } => {
+                if let Some(a) = self.attempt_mut(&assessment_id) {
+                    a.see_correction(&question_id, &correction, seq);
+                    a.max_score = attempt_max_score;
+                    if let Some((shown, _)) = a.current_question.as_mut() {
+                        if shown.question_id == question_id {
+                            shown.points = points;
+                        }
                     }
                 }
             }

@@ -117,9 +117,11 @@ impl UserCommand {
 pub struct Regrade {
     pub test_id: String,
     pub question_id: String,
-    /// The corrected question for each version of the test that has it (the correction
-    /// applied to that version's own question), by version.
-    pub corrected: BTreeMap<u32, QuestionDefinition>,
+    /// Each version of the test that has the question, with the question as it stands
+    /// there before any correction, by version. An attempt grades with this, corrected
+    /// by the corrections it has seen and then this one.
+    pub versions: BTreeMap<u32, VersionQuestion>,
+    /// What is corrected, as the admin asked it (checked against every version's question).
     pub correction: Correction,
     /// The version that now holds the corrected question, if one was stored.
     pub corrected_version: Option<u32>,
@@ -127,4 +129,13 @@ pub struct Regrade {
     /// Who asks, recorded in the events (e.g. `admin:root`).
     pub actor: String,
     pub now: DateTime<Utc>,
+}
+
+/// One version's own question, as a regrade grades against it (see [`Regrade`]).
+#[derive(Debug, Clone)]
+pub struct VersionQuestion {
+    pub question: QuestionDefinition,
+    /// The version is an adaptive test: it grades a bank question at
+    /// [`crate::generated::ADAPTIVE_POINTS`], whatever points a correction names.
+    pub adaptive: bool,
 }

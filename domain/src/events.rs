@@ -374,9 +374,32 @@ pub enum UserEvent {
         /// The test version that holds the corrected question (new attempts use it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         corrected_version: Option<u32>,
+        /// The model whose grade stands, scaled to the corrected points (only the points
+        /// of a model-graded answer changed). Absent: graded again offline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        graded_by: Option<String>,
         reason: String,
         actor: String,
         regraded_at: DateTime<Utc>,
+    },
+    /// A question of an attempt in progress was corrected before the attempt answered it:
+    /// the answer, when it comes, is graded with the correction (merged with any earlier
+    /// one), not with the key of the version the attempt started with.
+    QuestionCorrected {
+        assessment_id: String,
+        test_id: String,
+        question_id: String,
+        /// The question's points after the correction, as this attempt grades it.
+        points: f64,
+        /// The attempt's maximum score after it.
+        attempt_max_score: f64,
+        /// What was corrected, as the admin asked it.
+        correction: Correction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        corrected_version: Option<u32>,
+        reason: String,
+        actor: String,
+        corrected_at: DateTime<Utc>,
     },
 }
 
@@ -390,7 +413,8 @@ impl UserEvent {
             | UserEvent::FeedbackGiven { assessment_id, .. }
             | UserEvent::AssessmentCompleted { assessment_id, .. }
             | UserEvent::DeadlineExtended { assessment_id, .. }
-            | UserEvent::AnswerRegraded { assessment_id, .. } => Some(assessment_id),
+            | UserEvent::AnswerRegraded { assessment_id, .. }
+            | UserEvent::QuestionCorrected { assessment_id, .. } => Some(assessment_id),
             UserEvent::ChatExchanged { assessment_id, .. } => assessment_id.as_deref(),
             UserEvent::OverrideSet { .. } | UserEvent::OverrideCleared { .. } => None,
         }
@@ -410,6 +434,7 @@ impl DomainEvent for UserEvent {
             UserEvent::OverrideSet { .. } => "OverrideSet",
             UserEvent::OverrideCleared { .. } => "OverrideCleared",
             UserEvent::AnswerRegraded { .. } => "AnswerRegraded",
+            UserEvent::QuestionCorrected { .. } => "QuestionCorrected",
         }
         .to_string()
     }

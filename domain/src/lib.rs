@@ -28,7 +28,7 @@ pub mod regrade;
 pub mod test_definition;
 
 pub use aggregate::{Attempt, AttemptStatus, Decision, Outcome, RecordedAnswer, UserStream};
-pub use commands::{Regrade, UserCommand};
+pub use commands::{Regrade, UserCommand, VersionQuestion};
 pub use error::DomainError;
 pub use events::{
     AiGrading, AiProvenance, AiVerdict, Answer, CompletionReason, GeneratedKey, GeneratedQuestion,

@@ -1,6 +1,7 @@
 //! Corrections of one question's key or points (PROTOCOL section 6, regrade): what an
 //! admin may correct, checked against the question it corrects. Pure; the aggregate
-//! regrades recorded answers with the corrected question it builds here.
+//! regrades recorded answers with the corrected question it builds here, and keeps the
+//! corrections an attempt has seen, merged, to grade its later answers with them.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,31 +46,24 @@ impl Correction {
                 "give answer, keywords or points to correct",
             ));
         }
-        let mut corrected = question.clone();
-        if let Some(answer) = &self.answer {
-            if question.kind == QuestionKind::FreeText {
-                return Err(invalid(
-                    "answer",
-                    "a free_text question is graded by keywords; correct keywords instead",
-                ));
-            }
-            corrected.answer = Some(answer.clone());
+        if self.answer.is_some() && question.kind == QuestionKind::FreeText {
+            return Err(invalid(
+                "answer",
+                "a free_text question is graded by keywords; correct keywords instead",
+            ));
         }
-        if let Some(keywords) = &self.keywords {
-            if question.kind != QuestionKind::FreeText {
-                return Err(invalid(
-                    "keywords",
-                    "only free_text questions have keywords; correct answer instead",
-                ));
-            }
-            corrected.keywords = keywords.clone();
+        if self.keywords.is_some() && question.kind != QuestionKind::FreeText {
+            return Err(invalid(
+                "keywords",
+                "only free_text questions have keywords; correct answer instead",
+            ));
         }
         if let Some(points) = self.points {
             if !(points.is_finite() && points > 0.0) {
                 return Err(invalid("points", "must be a positive number"));
             }
-            corrected.points = points;
         }
+        let corrected = self.overlay(question);
         corrected.validate_as("question").map_err(|e| {
             // `question.answer` -> `answer`, `question.keywords[2]` -> `keywords[2]`.
             let field = e
@@ -80,6 +74,33 @@ impl Correction {
             ValidationError { field, ..e }
         })?;
         Ok(corrected)
+    }
+
+    /// `question` with the fields this correction names replaced, unchecked: for a
+    /// correction [`Correction::apply_to`] accepted for this question, or several such
+    /// merged with [`Correction::then`].
+    pub fn overlay(&self, question: &QuestionDefinition) -> QuestionDefinition {
+        let mut corrected = question.clone();
+        if let Some(answer) = &self.answer {
+            corrected.answer = Some(answer.clone());
+        }
+        if let Some(keywords) = &self.keywords {
+            corrected.keywords = keywords.clone();
+        }
+        if let Some(points) = self.points {
+            corrected.points = points;
+        }
+        corrected
+    }
+
+    /// This correction followed by `later`: each field as the later one names it, else as
+    /// this one does (each field is replaced whole, so the order is all that matters).
+    pub fn then(&self, later: &Correction) -> Correction {
+        Correction {
+            answer: later.answer.clone().or_else(|| self.answer.clone()),
+            keywords: later.keywords.clone().or_else(|| self.keywords.clone()),
+            points: later.points.or(self.points),
+        }
     }
 }
 
@@ -121,6 +142,26 @@ mod tests {
         };
         let q = c.apply_to(&free()).unwrap();
         assert_eq!((q.points, q.keywords.len()), (3.0, 2));
+    }
+
+    #[test]
+    fn a_later_correction_wins_field_by_field() {
+        let first = Correction {
+            answer: Some(AnswerKey::One("b".into())),
+            points: Some(2.0),
+            ..Correction::default()
+        };
+        let later = Correction {
+            points: Some(3.0),
+            ..Correction::default()
+        };
+        let merged = first.then(&later);
+        assert_eq!(merged.answer, Some(AnswerKey::One("b".into())));
+        assert_eq!(merged.points, Some(3.0));
+        // The merge grades as the two applied one after the other.
+        let one_by_one = later.apply_to(&first.apply_to(&single()).unwrap()).unwrap();
+        assert_eq!(merged.overlay(&single()), one_by_one);
+        assert_eq!(first.then(&first), first);
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub fn apply(rows: &mut Rows, event: &FeedEvent) {
                 }
             }
         }
+        UserEvent::QuestionCorrected {
+            attempt_max_score, ..
+        } => {
+            if let Some(row) = rows.get_mut(&key) {
+                row.max_score = *attempt_max_score;
+            }
+        }
         UserEvent::QuestionPresented { .. }
         | UserEvent::AnswerSubmitted { .. }
         | UserEvent::ChatExchanged { .. }
@@ -358,6 +365,7 @@ mod tests {
                     passed,
                     correction: domain::Correction::default(),
                     corrected_version: Some(3),
+                    graded_by: None,
                     reason: "r".into(),
                     actor: "admin:root".into(),
                     regraded_at: at(20),
@@ -391,6 +399,28 @@ mod tests {
             Some(true),
             "a completed attempt is judged again"
         );
+    }
+
+    #[test]
+    fn a_correction_ahead_of_the_answer_moves_the_maximum() {
+        let mut rows = Rows::new();
+        apply(&mut rows, &feed("u", 1, started("x")));
+        let before = rows[&("u".to_string(), "x".to_string())].max_score;
+        let corrected = UserEvent::QuestionCorrected {
+            assessment_id: "x".into(),
+            test_id: "t".into(),
+            question_id: "b".into(),
+            points: 3.0,
+            attempt_max_score: before + 2.0,
+            correction: domain::Correction::default(),
+            corrected_version: Some(2),
+            reason: "r".into(),
+            actor: "admin:root".into(),
+            corrected_at: at(5),
+        };
+        apply(&mut rows, &feed("u", 2, corrected));
+        let row = &rows[&("u".to_string(), "x".to_string())];
+        assert_eq!((row.max_score, row.score), (before + 2.0, 0.0));
     }
 
     #[test]

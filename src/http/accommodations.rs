@@ -426,6 +426,9 @@ pub struct RegradePreview {
     /// The attempts whose score would change.
     pub attempts_affected: u64,
     pub changes: Vec<Change>,
+    /// Attempts in progress that have not answered the question yet: the answer they
+    /// give would be graded with the correction.
+    pub open_attempts_corrected: u64,
 }
 
 /// `POST /api/admin/tests/{test_id}/regrade`.
@@ -442,7 +445,9 @@ pub struct RegradePreview {
                    `dry_run: true` records nothing and lists each attempt whose score would \
                    change. Otherwise the corrected question is stored as a new version of \
                    the test (new attempts use it), and a job records one `AnswerRegraded` \
-                   per changed answer in each user's stream; open sockets receive \
+                   per changed answer in each user's stream, and `QuestionCorrected` in \
+                   each attempt in progress that has not answered the question yet (its \
+                   answer is then graded with the correction); open sockets receive \
                    `SCORE_CHANGED`; follow the job at `GET /api/admin/jobs/{job_id}` \
                    (`events_done` / `events_total` count users' streams, `answers_regraded` \
                    the answers). The same correction again changes nothing.",
@@ -487,10 +492,11 @@ async fn regrade(
     .map_err(ApiError::from_plan)?;
     if request.dry_run {
         let actor = format!("admin:{}", identity.user_id);
-        let changes = regrade::dry_run(&state, &plan, &actor).await?;
+        let preview = regrade::dry_run(&state, &plan, &actor).await?;
         return Ok(Json(RegradePreview {
-            attempts_affected: changes.len() as u64,
-            changes,
+            attempts_affected: preview.changes.len() as u64,
+            changes: preview.changes,
+            open_attempts_corrected: preview.open_attempts_corrected,
         })
         .into_response());
     }

@@ -1,5 +1,6 @@
 //! What an open socket is told when an admin changed its user's stream (PROTOCOL
-//! section 6): `DEADLINE_CHANGED` for extra time, `SCORE_CHANGED` for a regraded answer.
+//! section 6): `DEADLINE_CHANGED` for extra time, `SCORE_CHANGED` for a regraded answer
+//! and for a correction of a question not answered yet (its points may move the maximum).
 //! Pure: read from the state the stream leads to, so it works whichever node recorded the
 //! change (the session only learns "your stream changed").
 
@@ -33,14 +34,21 @@ pub fn since(state: &UserStream, seen: usize) -> Vec<Reply> {
                 grading::passed(attempt.score, attempt.max_score, attempt.pass_ratio)
             }
         };
-        for answer in &attempt.answers {
-            let Some(seq) = answer.regraded_seq.filter(|s| *s > seen) else {
-                continue;
-            };
+        let regraded = attempt
+            .answers
+            .iter()
+            .filter_map(|a| Some((&a.question_id, a.regraded_seq?)));
+        // A correction of an answered question is reported by its regrade, if any.
+        let ahead = attempt
+            .corrections
+            .iter()
+            .filter(|(question_id, _)| attempt.answer_to(question_id).is_none())
+            .map(|(question_id, c)| (question_id, c.seq));
+        for (question_id, seq) in regraded.chain(ahead).filter(|(_, seq)| *seq > seen) {
             out.push(Reply::new(
                 ServerMessage::ScoreChanged {
                     assessment_id: attempt.assessment_id.clone(),
-                    question_id: answer.question_id.clone(),
+                    question_id: question_id.clone(),
                     score: attempt.score,
                     max_score: attempt.max_score,
                     passed,
@@ -59,7 +67,7 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::{Duration, TimeZone, Utc};
-    use domain::{Correction, Regrade, TestDefinition, UserCommand};
+    use domain::{Correction, Regrade, TestDefinition, UserCommand, VersionQuestion};
 
     use super::*;
 
@@ -121,28 +129,51 @@ mod tests {
             answer: Some(domain::test_definition::AnswerKey::One("b".into())),
             ..Correction::default()
         };
-        let corrected = correction.apply_to(test.question("q1").unwrap()).unwrap();
-        run(
-            &mut state,
+        let regrade = |question_id: &str, correction: Correction| {
+            let version = VersionQuestion {
+                question: test.question(question_id).unwrap().clone(),
+                adaptive: false,
+            };
             UserCommand::Regrade(Box::new(Regrade {
                 test_id: "t".into(),
-                question_id: "q1".into(),
-                corrected: BTreeMap::from([(1, corrected)]),
+                question_id: question_id.into(),
+                versions: BTreeMap::from([(1, version)]),
                 correction,
                 corrected_version: Some(2),
                 reason: "r".into(),
                 actor: "admin:root".into(),
                 now: at(3),
-            })),
-        );
+            }))
+        };
+        run(&mut state, regrade("q1", correction));
+        // q2 is shown, not answered: its points change the maximum.
+        let points = Correction {
+            points: Some(3.0),
+            ..Correction::default()
+        };
+        run(&mut state, regrade("q2", points));
         let replies = since(&state, seen);
         let kinds: Vec<_> = replies.iter().map(|r| r.message.kind()).collect();
-        assert_eq!(kinds, ["DEADLINE_CHANGED", "SCORE_CHANGED"]);
+        assert_eq!(
+            kinds,
+            ["DEADLINE_CHANGED", "SCORE_CHANGED", "SCORE_CHANGED"]
+        );
         assert_eq!(replies[0].seq, Some(seen + 1));
-        assert!(matches!(
-            &replies[1].message,
-            ServerMessage::ScoreChanged { score, max_score, passed: false, .. } if *score == 1.0 && *max_score == 2.0
-        ));
+        let changed: Vec<_> = replies[1..]
+            .iter()
+            .map(|r| match &r.message {
+                ServerMessage::ScoreChanged {
+                    question_id,
+                    score,
+                    max_score,
+                    passed,
+                    ..
+                } => (question_id.as_str(), *score, *max_score, *passed),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Both report the attempt as it stands now.
+        assert_eq!(changed, [("q1", 1.0, 4.0, false), ("q2", 1.0, 4.0, false)]);
         assert!(
             since(&state, state.sequence).is_empty(),
             "nothing new since"

@@ -701,6 +701,109 @@ async fn a_regrade_changes_exactly_the_affected_scores(backend: Backend) {
     app.stop().await;
 }
 
+/// A correction reaches an attempt in progress that has not answered the question yet:
+/// its stream records `QuestionCorrected`, its socket is told, and the answer it gives
+/// afterwards is graded with the corrected key and points, not its version's.
+async fn a_correction_reaches_an_open_attempt_before_its_answer(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.put_test("exam", small_test(1, None)).await;
+    let mut live = app.connect("o1").await;
+    let (started, s1) = live.start("exam").await;
+    let id = started["assessment_id"].as_str().unwrap().to_string();
+    assert_eq!(s1["question_id"], "s1");
+    let admin = admin(&app);
+    let body = |question: &str, fix: Value, dry_run: bool| {
+        let mut body =
+            json!({"question_id": question, "reason": "the key was wrong", "dry_run": dry_run});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fix.as_object().unwrap().clone());
+        body
+    };
+    let path = "/api/admin/tests/exam/regrade";
+    let (status, preview) = send_json(
+        &app,
+        "POST",
+        path,
+        &admin,
+        Some(body("s1", json!({"answer": "b"}), true)),
+    )
+    .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        (
+            preview["attempts_affected"].as_u64(),
+            preview["open_attempts_corrected"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{preview}"
+    );
+    // The key of s1 (shown) becomes b; s2 (not shown yet) becomes worth 3 points.
+    let job = run_job(&app, body("s1", json!({"answer": "b"}), false)).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let changed = live.recv_type("SCORE_CHANGED").await;
+    assert_eq!(
+        (
+            changed["question_id"].as_str(),
+            changed["max_score"].as_f64()
+        ),
+        (Some("s1"), Some(2.0))
+    );
+    let job = run_job(&app, body("s2", json!({"points": 3}), false)).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let changed = live.recv_type("SCORE_CHANGED").await;
+    assert_eq!(
+        (
+            changed["question_id"].as_str(),
+            changed["max_score"].as_f64()
+        ),
+        (Some("s2"), Some(4.0))
+    );
+    let stream = app.stream_of("o1").await;
+    let corrected: Vec<&Value> = stream
+        .iter()
+        .filter(|e| e["event_type"] == "QuestionCorrected")
+        .collect();
+    assert_eq!(corrected.len(), 2, "{stream:?}");
+    assert_eq!(
+        corrected[0]["payload"]["correction"],
+        json!({"answer": "b"})
+    );
+    assert_eq!(corrected[0]["payload"]["actor"], "admin:root");
+
+    // The corrected key earns the point; s2 is shown and graded at its new points.
+    let (feedback, _, s2) = live.answer(&id, "s1", json!("b")).await;
+    assert_eq!(
+        (feedback["correct"].as_bool(), feedback["score"].as_f64()),
+        (Some(true), Some(1.0)),
+        "{feedback}"
+    );
+    assert_eq!(
+        (s2["question_id"].as_str(), s2["points"].as_f64()),
+        (Some("s2"), Some(3.0)),
+        "{s2}"
+    );
+    let (feedback, _, done) = live.answer(&id, "s2", json!("red")).await;
+    assert_eq!(feedback["score"].as_f64(), Some(3.0), "{feedback}");
+    assert_eq!(
+        (
+            done["type"].as_str(),
+            done["score"].as_f64(),
+            done["max_score"].as_f64()
+        ),
+        (Some("ASSESSMENT_COMPLETED"), Some(4.0), Some(4.0)),
+        "{done}"
+    );
+    // The same corrections again record nothing.
+    let before = app.stream_of("o1").await.len();
+    let again = run_job(&app, body("s1", json!({"answer": "b"}), false)).await;
+    assert_eq!(again["answers_regraded"].as_u64(), Some(0), "{again}");
+    assert_eq!(app.stream_of("o1").await.len(), before);
+    app.stop().await;
+}
+
 /// Bad corrections are refused with the field to blame, and change nothing.
 async fn a_bad_regrade_changes_nothing(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
@@ -795,5 +898,6 @@ crate::on_both_backends!(
     extra_time_refuses_what_it_must,
     an_override_is_for_one_user_of_one_test,
     a_regrade_changes_exactly_the_affected_scores,
+    a_correction_reaches_an_open_attempt_before_its_answer,
     a_bad_regrade_changes_nothing,
 );

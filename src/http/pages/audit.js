@@ -98,6 +98,16 @@
     return name(String(answer));
   }
 
+  // What a regrade corrected, as the admin asked it.
+  function corrected(c) {
+    c = c || {};
+    const fixed = [];
+    if (c.answer !== undefined) fixed.push("key " + (Array.isArray(c.answer) ? c.answer.join(", ") : c.answer));
+    if (c.keywords !== undefined) fixed.push("keywords " + c.keywords.join(", "));
+    if (c.points !== undefined) fixed.push(num(c.points) + " points");
+    return fixed.join("; ");
+  }
+
   function describe(type, p, question) {
     switch (type) {
       case "AssessmentStarted":
@@ -137,18 +147,17 @@
       case "OverrideCleared":
         return [line("Override of " + p.test_id + " ended", "the test's own limits apply again"),
           line("By", (p.actor || "") + ", " + when(p.cleared_at)), line("Why", p.reason || "(none given)")];
-      case "AnswerRegraded": {
-        const c = p.correction || {};
-        const fixed = [];
-        if (c.answer !== undefined) fixed.push("key " + (Array.isArray(c.answer) ? c.answer.join(", ") : c.answer));
-        if (c.keywords !== undefined) fixed.push("keywords " + c.keywords.join(", "));
-        if (c.points !== undefined) fixed.push(num(c.points) + " points");
+      case "AnswerRegraded":
         return [line("Regraded " + p.question_id, num(p.old_score) + " → " + num(p.new_score) + " of " +
-          num(p.max_score) + " points (corrected: " + fixed.join("; ") + ")"),
+          num(p.max_score) + " points (corrected: " + corrected(p.correction) + ")"),
           line("Attempt now", num(p.attempt_score) + " of " + num(p.attempt_max_score) + ", " +
             (p.passed ? "passed" : "not passed")),
           line("By", (p.actor || "") + ", " + when(p.regraded_at)), line("Why", p.reason || "")];
-      }
+      case "QuestionCorrected":
+        return [line("Corrected " + p.question_id + " before it was answered",
+          "now worth " + num(p.points) + " points (corrected: " + corrected(p.correction) + ")"),
+          line("Attempt now", "out of " + num(p.attempt_max_score)),
+          line("By", (p.actor || "") + ", " + when(p.corrected_at)), line("Why", p.reason || "")];
       default:
         return [el("pre", { text: JSON.stringify(p, null, 2) })];
     }

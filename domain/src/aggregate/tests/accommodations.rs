@@ -258,11 +258,16 @@ fn regrade(question: &str, correction: Correction) -> UserCommand {
 
 fn regrade_at(question: &str, correction: Correction, now: DateTime<Utc>) -> UserCommand {
     let q = rust_test().question(question).unwrap().clone();
-    let corrected = correction.apply_to(&q).unwrap();
+    // As the server checks it before it runs.
+    correction.apply_to(&q).unwrap();
+    let version = crate::commands::VersionQuestion {
+        question: q,
+        adaptive: false,
+    };
     UserCommand::Regrade(Box::new(crate::commands::Regrade {
         test_id: "rust".into(),
         question_id: question.into(),
-        corrected: BTreeMap::from([(1, corrected)]),
+        versions: BTreeMap::from([(1, version)]),
         correction,
         corrected_version: Some(2),
         reason: "the key was wrong".into(),
@@ -319,7 +324,10 @@ fn a_regrade_grades_the_recorded_answer_again_and_moves_the_totals() {
     assert_eq!(events_of(&after, regrade("q1", key("a"))), []);
     assert_eq!(
         outcome_of(&after, regrade("q1", key("a"))),
-        Outcome::Regraded { changed: 0 }
+        Outcome::Regraded {
+            changed: 0,
+            corrected: 0
+        }
     );
 }
 
@@ -360,23 +368,11 @@ fn a_regrade_of_points_can_turn_a_pass_into_a_fail() {
 }
 
 #[test]
-fn a_regrade_touches_only_answered_questions_of_that_test() {
+fn a_regrade_touches_only_that_test() {
     // a1 answered q1 only and is in progress; an attempt of another test is untouched.
     let mut given = started("a1");
     let more = events_of(&given, submit("a1", "q1", text("a"), at(10)));
     given.extend(more);
-    let events = events_of(
-        &given,
-        regrade_at(
-            "q2",
-            Correction {
-                answer: Some(AnswerKey::Many(vec!["a".into()])),
-                ..Correction::default()
-            },
-            at(20),
-        ),
-    );
-    assert_eq!(events, [], "q2 is not answered yet");
     let events = events_of(&given, regrade_at("q1", key("a"), at(20)));
     assert!(
         matches!(&events[..], [UserEvent::AnswerRegraded { new_score, .. }] if *new_score == 1.0)
@@ -425,4 +421,185 @@ fn new_events_are_stored_flat_and_load_again() {
     let loaded: UserStream = serde_json::from_value(old).unwrap();
     state.overrides.clear();
     assert_eq!(loaded, state);
+}
+
+#[test]
+fn an_attempt_in_progress_answers_a_corrected_question_with_the_correction() {
+    // a1 has answered q1 and shows q2 (key a, c; 2 points); the key is corrected to a
+    // alone, and q3 (not shown yet) becomes worth 4 points.
+    let mut given = started("a1");
+    let more = events_of(&given, submit("a1", "q1", text("b"), at(10)));
+    given.extend(more);
+    let only_a = Correction {
+        answer: Some(AnswerKey::Many(vec!["a".into()])),
+        ..Correction::default()
+    };
+    let events = events_of(&given, regrade_at("q2", only_a.clone(), at(20)));
+    let [UserEvent::QuestionCorrected {
+        question_id,
+        points,
+        attempt_max_score,
+        correction,
+        ..
+    }] = &events[..]
+    else {
+        panic!("one correction expected: {events:?}");
+    };
+    assert_eq!(
+        (
+            question_id.as_str(),
+            *points,
+            *attempt_max_score,
+            correction
+        ),
+        ("q2", 2.0, 5.0, &only_a)
+    );
+    assert_eq!(
+        outcome_of(&given, regrade_at("q2", only_a.clone(), at(20))),
+        Outcome::Regraded {
+            changed: 0,
+            corrected: 1
+        }
+    );
+    given.extend(events);
+    // The same correction again records nothing.
+    assert_eq!(events_of(&given, regrade_at("q2", only_a, at(21))), []);
+    let four = Correction {
+        points: Some(4.0),
+        ..Correction::default()
+    };
+    let events = events_of(&given, regrade_at("q3", four, at(22)));
+    assert!(
+        matches!(&events[..], [UserEvent::QuestionCorrected { points, attempt_max_score, .. }]
+            if *points == 4.0 && *attempt_max_score == 7.0),
+        "{events:?}"
+    );
+    given.extend(events);
+    // The old key's answer now earns nothing; the corrected one full marks.
+    let old_key = events_of(
+        &given,
+        submit(
+            "a1",
+            "q2",
+            Answer::Choices(vec!["a".into(), "c".into()]),
+            at(30),
+        ),
+    );
+    assert!(
+        matches!(&old_key[1], UserEvent::FeedbackGiven { score, correct: false, .. } if *score == 0.0),
+        "{old_key:?}"
+    );
+    let new_key = events_of(
+        &given,
+        submit("a1", "q2", Answer::Choices(vec!["a".into()]), at(30)),
+    );
+    assert!(
+        matches!(&new_key[1], UserEvent::FeedbackGiven { score, max_score, correct: true, .. }
+            if *score == 2.0 && *max_score == 2.0),
+        "{new_key:?}"
+    );
+    given.extend(new_key);
+    // q3 is presented at its corrected points and graded out of them.
+    assert!(matches!(
+        state_of(&given).attempt("a1").unwrap().current_question.as_ref(),
+        Some((q, _)) if q.question_id == "q3" && q.points == 4.0
+    ));
+    let last = events_of(
+        &given,
+        submit("a1", "q3", text("ownership borrow lifetime"), at(40)),
+    );
+    assert!(
+        matches!(&last[..], [_, UserEvent::FeedbackGiven { score, .. }, UserEvent::AssessmentCompleted { score: total, max_score, passed: true, .. }]
+            if *score == 4.0 && *total == 7.0 && *max_score == 7.0),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_finished_attempt_without_the_answer_records_nothing() {
+    // The clock ended a1 before q2 was answered.
+    let mut given = started("a1");
+    let more = events_of(&given, submit("a1", "q1", text("b"), at(10)));
+    given.extend(more);
+    let expired = events_of(&given, UserCommand::ExpireOverdue { now: at(601) });
+    given.extend(expired);
+    assert_eq!(
+        events_of(&given, regrade_at("q2", key_many("a"), at(700))),
+        []
+    );
+}
+
+fn key_many(answer: &str) -> Correction {
+    Correction {
+        answer: Some(AnswerKey::Many(vec![answer.into()])),
+        ..Correction::default()
+    }
+}
+
+#[test]
+fn a_later_correction_keeps_the_earlier_one() {
+    // Every answer right (q1: b). The key becomes a, then q1's points become 3: the
+    // second regrade grades with key a and 3 points, not the version's key b.
+    let mut given = completed("a1");
+    let first = events_of(&given, regrade("q1", key("a")));
+    given.extend(first);
+    let points = Correction {
+        points: Some(3.0),
+        ..Correction::default()
+    };
+    let second = events_of(&given, regrade_at("q1", points.clone(), at(2000)));
+    assert!(
+        matches!(&second[..], [UserEvent::AnswerRegraded { new_score, max_score, correct: false, attempt_score, attempt_max_score, .. }]
+            if *new_score == 0.0 && *max_score == 3.0 && *attempt_score == 4.0 && *attempt_max_score == 7.0),
+        "{second:?}"
+    );
+    given.extend(second);
+    let state = state_of(&given);
+    let seen = &state.attempt("a1").unwrap().corrections["q1"];
+    assert_eq!(seen.correction, key("a").then(&points));
+    assert_eq!(events_of(&given, regrade_at("q1", points, at(2001))), []);
+}
+
+#[test]
+fn a_model_grade_keeps_its_judgement_when_only_the_points_change() {
+    // The model gave q3 (2 points) 1.5; the offline grader would give this answer 0.
+    let mut command = submit("a1", "q3", text("it checks references"), at(20));
+    if let UserCommand::SubmitAnswer { grading, .. } = &mut command {
+        *grading = graded(1.5, "Partly: say what it checks.");
+    }
+    let mut given = at_q3();
+    let more = events_of(&given, command);
+    given.extend(more);
+    let points = Correction {
+        points: Some(4.0),
+        ..Correction::default()
+    };
+    let scaled = events_of(&given, regrade("q3", points));
+    let [UserEvent::AnswerRegraded {
+        new_score,
+        max_score,
+        feedback,
+        graded_by,
+        ..
+    }] = &scaled[..]
+    else {
+        panic!("{scaled:?}");
+    };
+    assert_eq!((*new_score, *max_score), (3.0, 4.0));
+    assert_eq!(
+        (feedback.as_str(), graded_by.as_deref()),
+        ("Partly: say what it checks.", Some("m1"))
+    );
+    given.extend(scaled);
+    // New keywords change the rubric: the offline grader grades it again.
+    let keywords = Correction {
+        keywords: Some(vec!["references".into()]),
+        ..Correction::default()
+    };
+    let offline = events_of(&given, regrade_at("q3", keywords, at(2000)));
+    assert!(
+        matches!(&offline[..], [UserEvent::AnswerRegraded { new_score, max_score, graded_by: None, .. }]
+            if *new_score == 4.0 && *max_score == 4.0),
+        "{offline:?}"
+    );
 }
