@@ -1,9 +1,10 @@
 //! The per-user event streams: load a user's state (snapshot + newer events), decide a
 //! command, append its events under optimistic concurrency, decide again on a conflict.
 //!
-//! Loading goes through cqrs-es's `PersistedEventStore` with the sqlite-es / postgres-es
-//! repositories, wrapped by [`ChainedRepository`]. Appending does not go through its
-//! `commit`: the command path keeps what it knows of a stream between commands ([`Known`],
+//! Loading is one statement, the snapshot and the newer events together
+//! ([`read_stream`]), where cqrs-es's `PersistedEventStore` takes two. Appending goes
+//! through the sqlite-es / postgres-es repositories wrapped by [`ChainedRepository`], but
+//! not through the crate's `commit`: the command path keeps what it knows of a stream between commands ([`Known`],
 //! held with the user's command lock), so a command is decided on the state in memory and
 //! appended without reading the stream first (a load decodes the snapshot and the newer
 //! events: most of a command's cost before). Another writer (another node, an admin
@@ -17,10 +18,8 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistedEventStore, PersistenceError, SerializedEvent,
-};
-use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 use domain::{DomainError, Outcome, UserCommand, UserEvent, UserStream};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
@@ -28,6 +27,7 @@ use thiserror::Error;
 
 use super::chain::ChainedRepository;
 use super::owners::NotOwner;
+use super::read_stream;
 use super::{Database, StoreError};
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
@@ -114,11 +114,8 @@ struct KnownStream {
     last_hash: Option<String>,
 }
 
-type Store<R> = PersistedEventStore<R, UserStream>;
-
-/// One backend's event store (for loads) and the repository under it (for appends).
+/// One backend's repository, for appends (a load is one statement: [`read_stream`]).
 struct Backend<R: PersistedEventRepository> {
-    store: Store<ChainedRepository<R>>,
     repo: ChainedRepository<R>,
 }
 
@@ -157,32 +154,20 @@ impl Streams {
     pub fn new(db: &Database, snapshot_every: usize) -> Self {
         let every = snapshot_every.max(1);
         let backend = match db {
-            Database::Sqlite(pool) => {
-                let repo = || {
-                    ChainedRepository::new(
-                        SqliteEventRepository::new(pool.clone()),
-                        db.clone(),
-                        every,
-                    )
-                };
-                Backends::Sqlite(Backend {
-                    store: PersistedEventStore::new_snapshot_store(repo(), every),
-                    repo: repo(),
-                })
-            }
-            Database::Postgres(pool) => {
-                let repo = || {
-                    ChainedRepository::new(
-                        PostgresEventRepository::new(pool.clone()),
-                        db.clone(),
-                        every,
-                    )
-                };
-                Backends::Postgres(Backend {
-                    store: PersistedEventStore::new_snapshot_store(repo(), every),
-                    repo: repo(),
-                })
-            }
+            Database::Sqlite(pool) => Backends::Sqlite(Backend {
+                repo: ChainedRepository::new(
+                    SqliteEventRepository::new(pool.clone()),
+                    db.clone(),
+                    every,
+                ),
+            }),
+            Database::Postgres(pool) => Backends::Postgres(Backend {
+                repo: ChainedRepository::new(
+                    PostgresEventRepository::new(pool.clone()),
+                    db.clone(),
+                    every,
+                ),
+            }),
         };
         Streams {
             backend,
@@ -197,13 +182,11 @@ impl Streams {
     }
 
     async fn read(&self, user_id: &str) -> Result<KnownStream, StoreError> {
-        on_backend!(self, backend => {
-            let context = backend.store.load_aggregate(user_id).await.map_err(store_error)?;
-            Ok(KnownStream {
-                state: context.aggregate,
-                snapshot: context.current_snapshot,
-                last_hash: None,
-            })
+        let read = read_stream::read(&self.db, user_id).await?;
+        Ok(KnownStream {
+            state: read.state,
+            snapshot: read.snapshot,
+            last_hash: None,
         })
     }
 
@@ -386,12 +369,4 @@ fn persistence_error(err: PersistenceError) -> StoreError {
 /// taken sequence as an optimistic-lock error, which cqrs-es turns into this.
 pub fn is_conflict(err: &AggregateError<DomainError>) -> bool {
     matches!(err, AggregateError::AggregateConflict)
-}
-
-fn store_error(err: AggregateError<DomainError>) -> StoreError {
-    match err {
-        AggregateError::UserError(e) => StoreError::EventStore(e.to_string()),
-        AggregateError::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
-        other => StoreError::EventStore(other.to_string()),
-    }
 }

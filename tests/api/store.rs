@@ -8,7 +8,7 @@ use std::sync::Arc;
 use assessd::commands::{self, CommandError, Origin};
 use assessd::store::chain::ChainedRepository;
 use assessd::store::streams::{is_conflict, EventMetadata, Known, Streams};
-use assessd::store::Database;
+use assessd::store::{Database, StoreError};
 use chrono::Utc;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::EventStore;
@@ -185,6 +185,59 @@ async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
     app.stop().await;
 }
 
+async fn exec(db: &Database, sql: &str) {
+    match db {
+        Database::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+        Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+    }
+    .unwrap();
+}
+
+/// A load reads the snapshot and the newer events in one statement: a snapshot that no
+/// longer reads as the stream, or holds another sequence than its label, is passed over
+/// and the stream replayed from its first event; a missing event is reported, never
+/// skipped.
+async fn a_snapshot_that_does_not_fit_is_replayed_past(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.snapshot_every = 5).await else {
+        return;
+    };
+    let streams = Streams::new(&app.state.db, 5);
+    let mut known = Known::default();
+    for i in 0..12 {
+        streams
+            .execute("odd", chat(&format!("m{i}")), &metadata(), &mut known)
+            .await
+            .unwrap();
+    }
+    let before = streams.load("odd").await.unwrap();
+    assert_eq!(before.sequence, 12);
+    let db = &app.state.db;
+    exec(
+        db,
+        "update snapshots set last_sequence = 9 where aggregate_id = 'odd'",
+    )
+    .await;
+    assert_eq!(streams.load("odd").await.unwrap(), before, "mislabelled");
+    exec(
+        db,
+        "update snapshots set payload = '{\"not\": \"a stream\"}', last_sequence = 10 \
+         where aggregate_id = 'odd'",
+    )
+    .await;
+    assert_eq!(streams.load("odd").await.unwrap(), before, "unreadable");
+    exec(
+        db,
+        "delete from events where aggregate_id = 'odd' and sequence = 11",
+    )
+    .await;
+    let gap = streams.load("odd").await;
+    assert!(
+        matches!(&gap, Err(StoreError::Corrupt(m)) if m.contains("event 12 follows 10")),
+        "{gap:?}"
+    );
+    app.stop().await;
+}
+
 /// The one command path refuses a session that a newer connection replaced, under the
 /// user's command lock: it records nothing, while the live session records as usual.
 async fn a_replaced_session_records_nothing(backend: Backend) {
@@ -285,6 +338,7 @@ crate::on_both_backends!(
     a_stale_writer_gets_a_conflict,
     concurrent_writers_are_retried_not_lost,
     a_long_stream_loads_from_its_snapshot,
+    a_snapshot_that_does_not_fit_is_replayed_past,
     memory_made_stale_by_another_writer_is_caught,
 );
 
