@@ -1,7 +1,8 @@
 //! The table `session_owners` (PostgreSQL): who owns each user's stream, claimed by a new
 //! connection and checked inside every append of a session. The design, and what it
-//! guarantees, is in [`crate::ownership`]; this is its storage, below the event store that
-//! calls [`check_in`].
+//! guarantees, is in [`crate::ownership`]; this is its storage. The append checks the
+//! owner inside its own statement ([`super::pg_append`]); [`check_in`] takes the same lock
+//! inside a transaction of the caller's.
 
 use sqlx::PgPool;
 use thiserror::Error;
@@ -121,8 +122,9 @@ pub async fn owners_of(
         .collect())
 }
 
-/// Inside an append's transaction: locks the owner row of `user_id` `for share` (a claim
-/// waits for this transaction) and fails unless `session_id` owns it.
+/// Inside a transaction: locks the owner row of `user_id` `for share`, as every append of
+/// a session does (a claim waits for this transaction), and fails unless `session_id`
+/// owns it.
 ///
 /// # Errors
 /// [`NotOwner`] inside [`OwnerCheckError::NotOwner`], or a database error.
