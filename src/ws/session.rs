@@ -87,7 +87,7 @@ where
             let refusal = Reply::error(&ClientError::from(e));
             let _ = Box::pin(Outbox::new(out_tx.clone(), state.clone(), None).send(vec![refusal]))
                 .await;
-            let _ = out_tx.try_send(Outbound::Close(
+            let _ = out_tx.try_send(Outbound::close(
                 close::TRY_AGAIN_LATER,
                 "could not load your stream; reconnect",
             ));
@@ -126,7 +126,7 @@ where
     state.registry.unregister(&session.user_id, session_id);
     if let End::Close(code, reason) = end {
         // The writer may be stuck on a client that does not read; then there is no goodbye.
-        let _ = session.out.try_send(Outbound::Close(code, reason));
+        let _ = session.out.try_send(Outbound::close(code, reason));
     }
     drop(session);
     // The writer ends once the queue is drained (or its write timeout fires).
@@ -147,8 +147,10 @@ where
 {
     while let Some(item) = queue.recv().await {
         let (message, last) = match item {
-            Outbound::Frame(message) => (message, false),
-            Outbound::Close(code, reason) => {
+            Outbound::Text(text) => (Message::Text(text.into()), false),
+            Outbound::Ping => (Message::Ping(Default::default()), false),
+            Outbound::Close(close) => {
+                let (code, reason) = *close;
                 let frame = CloseFrame {
                     code,
                     reason: Utf8Bytes::from_static(reason),
@@ -156,7 +158,9 @@ where
                 (Message::Close(Some(frame)), true)
             }
         };
-        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+        // Boxed while it runs: an idle writer then waits on its queue alone, and its task
+        // is not sized by the write, its message and its timer (about 200 bytes).
+        match Box::pin(tokio::time::timeout(write_timeout, sink.send(message))).await {
             Ok(Ok(())) if !last => {}
             Ok(Ok(())) => break,
             Ok(Err(_)) => return,
@@ -248,7 +252,7 @@ impl Session {
                 _ = ping.tick() => {
                     // A ping is not a reply: when the queue is full the client is busy
                     // enough, and the write timeout watches it.
-                    let _ = self.out.try_send(Outbound::Frame(Message::Ping(Default::default())));
+                    let _ = self.out.try_send(Outbound::Ping);
                     Ok(())
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
