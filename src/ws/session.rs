@@ -18,12 +18,13 @@
 //!
 //! The socket is any `Stream + Sink` of axum messages, so tests can drive it with channels.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chrono::Utc;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,13 @@ where
 {
     let session_id = Uuid::new_v4();
     let (sink, stream) = socket.split();
+    // hyper hands the upgraded socket over with the HTTP request's read buffer still
+    // attached (12 KiB a connection, heaptrack) and frees it only at the socket's first
+    // read, which used to wait for the claim and the greeting: under a burst of connects
+    // thousands of them were held at once, and the holes they left kept the heap resident.
+    // One read now, before the claim; a frame that is already there waits in `stream`.
+    let mut stream = stream.peekable();
+    let _ = Pin::new(&mut stream).peek().now_or_never();
     let (out_tx, out_rx) = mpsc::channel(state.limits.outbound_queue);
     let mut writer = tokio::spawn(write_loop(sink, out_rx, state.limits.write_timeout));
     state.metrics.connections.inc();
