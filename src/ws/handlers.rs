@@ -42,12 +42,15 @@ pub struct Handler {
     session_id: Uuid,
     /// The user's state after the latest command; a cache, never the source of truth.
     view: UserStream,
+    // The jobs are boxed: a handler lives inside its session's task for as long as the
+    // socket is open, and the three jobs inline measured 1,056 of its 1,176 bytes, paid by
+    // every idle socket for a job that exists only between a message and its reply.
     /// An AI tutor reply to start, set by `chat` for the session to run.
-    chat_job: Option<ChatJob>,
+    chat_job: Option<Box<ChatJob>>,
     /// A model's grading to start, set by `submit` for the session to run.
-    feedback_job: Option<FeedbackJob>,
+    feedback_job: Option<Box<FeedbackJob>>,
     /// The next question of an adaptive attempt to generate, set for the session to run.
-    question_job: Option<QuestionJob>,
+    question_job: Option<Box<QuestionJob>>,
     /// Set by a grading once it recorded: `view` is behind the stream.
     stale: Arc<AtomicBool>,
     /// The stream's sequence up to which admins' changes (extra time, regrades) were
@@ -73,7 +76,7 @@ impl Handler {
     /// The generation of an adaptive attempt's next question the last message (or the
     /// greeting) asked for, if any: the session runs it in a task that outlives the socket.
     pub fn take_question(&mut self) -> Option<QuestionJob> {
-        self.question_job.take()
+        self.question_job.take().map(|job| *job)
     }
 
     /// [`Self::prepare_question`] after a command that was recorded: a failure here must not
@@ -107,20 +110,20 @@ impl Handler {
         )
         .await?;
         self.view = view;
-        self.question_job = job;
+        self.question_job = job.map(Box::new);
         Ok(())
     }
 
     /// The model's grading the last message asked for, if any: the session runs it in a
     /// task that outlives the socket.
     pub fn take_feedback(&mut self) -> Option<FeedbackJob> {
-        self.feedback_job.take()
+        self.feedback_job.take().map(|job| *job)
     }
 
     /// The AI tutor reply the last message asked for, if any: the session runs it in a
     /// task of its own.
     pub fn take_chat(&mut self) -> Option<ChatJob> {
-        self.chat_job.take()
+        self.chat_job.take().map(|job| *job)
     }
 
     /// Whether the greeting must wait for a grading or generation still in flight.
@@ -382,7 +385,7 @@ impl Handler {
                 return Ok(Graded::Offline(Box::new(command)));
             }
         };
-        self.feedback_job = Some(FeedbackJob {
+        self.feedback_job = Some(Box::new(FeedbackJob {
             state: self.state.clone(),
             user_id: self.user_id.clone(),
             session_id: self.session_id,
@@ -396,7 +399,7 @@ impl Handler {
             test: test.clone(),
             now: *now,
             stale: self.stale.clone(),
-        });
+        }));
         Ok(Graded::Started)
     }
 
@@ -475,7 +478,7 @@ impl Handler {
                     .or_else(|| test.as_ref().and_then(|t| t.question(&q.question_id)))
                     .map(crate::ai::guard::AnswerKey::of)
             });
-            self.chat_job = Some(ChatJob {
+            self.chat_job = Some(Box::new(ChatJob {
                 state: self.state.clone(),
                 user_id: self.user_id.clone(),
                 session_id: self.session_id,
@@ -486,7 +489,7 @@ impl Handler {
                 question: question.map(|(q, _)| q),
                 key,
                 text,
-            });
+            }));
             return Ok(Vec::new());
         }
         let tutor = self.state.tutor.clone();

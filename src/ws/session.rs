@@ -18,12 +18,13 @@
 //!
 //! The socket is any `Stream + Sink` of axum messages, so tests can drive it with channels.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chrono::Utc;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,13 @@ where
 {
     let session_id = Uuid::new_v4();
     let (sink, stream) = socket.split();
+    // hyper hands the upgraded socket over with the HTTP request's read buffer still
+    // attached (12 KiB a connection, heaptrack) and frees it only at the socket's first
+    // read, which used to wait for the claim and the greeting: under a burst of connects
+    // thousands of them were held at once, and the holes they left kept the heap resident.
+    // One read now, before the claim; a frame that is already there waits in `stream`.
+    let mut stream = stream.peekable();
+    let _ = Pin::new(&mut stream).peek().now_or_never();
     let (out_tx, out_rx) = mpsc::channel(state.limits.outbound_queue);
     let mut writer = tokio::spawn(write_loop(sink, out_rx, state.limits.write_timeout));
     state.metrics.connections.inc();
@@ -87,7 +95,7 @@ where
             let refusal = Reply::error(&ClientError::from(e));
             let _ = Box::pin(Outbox::new(out_tx.clone(), state.clone(), None).send(vec![refusal]))
                 .await;
-            let _ = out_tx.try_send(Outbound::Close(
+            let _ = out_tx.try_send(Outbound::close(
                 close::TRY_AGAIN_LATER,
                 "could not load your stream; reconnect",
             ));
@@ -126,7 +134,7 @@ where
     state.registry.unregister(&session.user_id, session_id);
     if let End::Close(code, reason) = end {
         // The writer may be stuck on a client that does not read; then there is no goodbye.
-        let _ = session.out.try_send(Outbound::Close(code, reason));
+        let _ = session.out.try_send(Outbound::close(code, reason));
     }
     drop(session);
     // The writer ends once the queue is drained (or its write timeout fires).
@@ -147,8 +155,10 @@ where
 {
     while let Some(item) = queue.recv().await {
         let (message, last) = match item {
-            Outbound::Frame(message) => (message, false),
-            Outbound::Close(code, reason) => {
+            Outbound::Text(text) => (Message::Text(text.into()), false),
+            Outbound::Ping => (Message::Ping(Default::default()), false),
+            Outbound::Close(close) => {
+                let (code, reason) = *close;
                 let frame = CloseFrame {
                     code,
                     reason: Utf8Bytes::from_static(reason),
@@ -156,7 +166,9 @@ where
                 (Message::Close(Some(frame)), true)
             }
         };
-        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+        // Boxed while it runs: an idle writer then waits on its queue alone, and its task
+        // is not sized by the write, its message and its timer (about 200 bytes).
+        match Box::pin(tokio::time::timeout(write_timeout, sink.send(message))).await {
             Ok(Ok(())) if !last => {}
             Ok(Ok(())) => break,
             Ok(Err(_)) => return,
@@ -248,7 +260,7 @@ impl Session {
                 _ = ping.tick() => {
                     // A ping is not a reply: when the queue is full the client is busy
                     // enough, and the write timeout watches it.
-                    let _ = self.out.try_send(Outbound::Frame(Message::Ping(Default::default())));
+                    let _ = self.out.try_send(Outbound::Ping);
                     Ok(())
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
