@@ -947,13 +947,13 @@ impl Deciding {
             .get(&r.question_id)
             .map(|c| &c.correction);
         let merged = seen.map_or_else(|| r.correction.clone(), |c| c.then(&r.correction));
-        let question = corrected(version, Some(&merged));
+        // The question as this attempt grades it now, and with this correction.
+        let (was, question) = (corrected(version, seen), corrected(version, Some(&merged)));
         let Some(recorded) = attempt.answer_to(&r.question_id) else {
             if !attempt.is_in_progress() || seen == Some(&merged) {
                 return None;
             }
-            let before = corrected(version, seen);
-            let attempt_max_score = attempt.max_score - before.points + question.points;
+            let attempt_max_score = attempt.max_score - was.points + question.points;
             return Some(UserEvent::QuestionCorrected {
                 assessment_id: assessment_id.to_string(),
                 test_id: r.test_id.clone(),
@@ -970,13 +970,9 @@ impl Deciding {
         // Not graded yet (a model's grading in flight): it will be graded as recorded.
         let before = recorded.feedback.as_ref()?;
         grading::check_answer_shape(&question, &recorded.answer).ok()?;
-        let graded_before = corrected(version, seen);
         let (grade, graded_by) = match &before.model {
             // Only the points of a model's grade changed: its judgement stands, scaled.
-            Some(model)
-                if graded_before.answer == question.answer
-                    && graded_before.keywords == question.keywords =>
-            {
+            Some(model) if was.answer == question.answer && was.keywords == question.keywords => {
                 let share = if before.max_score > 0.0 {
                     before.score / before.max_score
                 } else {

@@ -5,18 +5,11 @@
 //!   event's hash and this event's content (stream id, sequence, type, version, payload,
 //!   metadata without the hash), in canonical JSON. [`verify`] recomputes the chain, so an
 //!   auditor can prove a stream was not altered after it was written.
-//! - **Snapshots labelled with the state they hold.** When one commit's events cross the
-//!   snapshot boundary, cqrs-es 0.5 serialises the aggregate after only the events up to
-//!   the boundary, while sqlite-es / postgres-es label the row with the commit's LAST
-//!   sequence; every later load then skips the events in between. The command path writes
-//!   the state after the commit's last event; a commit through cqrs-es has the rest of
-//!   its events applied to the snapshot before it is written. Either way a snapshot is
-//!   always exactly the state after the sequence it is labelled with.
-//! - **Snapshots that no longer fit.** When the aggregate's shape changes, an old snapshot
-//!   no longer deserializes; cqrs-es then replays from zero but tries to INSERT a first
-//!   snapshot over the existing row, a conflict on every later command. Here such a
-//!   snapshot is handed over as "nothing applied yet" with its row's number, so the replay
-//!   is complete and the next snapshot UPDATEs the row.
+//! - **Snapshots labelled with the state they hold.** The caller hands over the state
+//!   after the commit's LAST event (cqrs-es 0.5's own commit would hand over the state at
+//!   the snapshot boundary, labelled with the last sequence: later loads would skip the
+//!   events between); a snapshot that does not fit is passed over when the stream is read
+//!   ([`super::read_stream`]).
 //! - **One writer per user across nodes.** On PostgreSQL the append goes through
 //!   [`super::pg_append`], which checks in the same transaction that the appending session
 //!   still owns the user when the command path asks for it ([`ChainedRepository::append`]).
@@ -24,12 +17,10 @@
 //!   whose one writer task commits many streams' appends in one transaction.
 //!
 //! The command path ([`super::streams`]) appends through [`ChainedRepository::append`]
-//! with the state it keeps in memory; the `PersistedEventRepository` impl is what cqrs-es
-//! loads through (and commits through, for anything that still uses its `commit`).
+//! with the state it keeps in memory. The rows are those sqlite-es / postgres-es read and
+//! write (same tables and columns), so the crates' repositories still read them.
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -42,54 +33,19 @@ use super::{Database, StoreError};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_KEY: &str = "hash";
 
-pub struct ChainedRepository<R> {
-    inner: R,
+pub struct ChainedRepository {
     db: Database,
     /// The SQLite group-commit writer, started by the first append.
     sqlite_writer: std::sync::OnceLock<super::sqlite_append::Writer>,
-    /// The event store's snapshot interval: cqrs-es snapshots at multiples of it.
-    snapshot_every: usize,
 }
 
-impl<R> ChainedRepository<R> {
-    pub fn new(inner: R, db: Database, snapshot_every: usize) -> Self {
+impl ChainedRepository {
+    pub fn new(db: Database) -> Self {
         Self {
-            inner,
             db,
             sqlite_writer: std::sync::OnceLock::new(),
-            snapshot_every: snapshot_every.max(1),
         }
     }
-}
-
-/// How many of a commit's events cqrs-es 0.5 applied to the snapshot it hands over: up to
-/// the last multiple of `every` the commit reaches (`commit_snapshot_with_addl_events`).
-/// Zero when the commit reaches no boundary.
-fn events_in_snapshot(first_sequence: usize, count: usize, every: usize) -> usize {
-    let before = first_sequence.saturating_sub(1);
-    let last = before + count;
-    let boundary = last - last % every;
-    boundary.saturating_sub(before)
-}
-
-/// The state after the last of `events`, given `snapshot`, the state after the first
-/// [`events_in_snapshot`] of them.
-fn complete_snapshot<A: Aggregate>(
-    snapshot: Value,
-    events: &[SerializedEvent],
-    every: usize,
-) -> Result<Value, PersistenceError> {
-    let Some(first) = events.first() else {
-        return Ok(snapshot);
-    };
-    let applied = events_in_snapshot(first.sequence, events.len(), every);
-    let mut state: A = serde_json::from_value(snapshot)?;
-    // No upcasters are configured, so an event deserializes exactly as it was serialized.
-    for event in &events[applied.min(events.len())..] {
-        let event: A::Event = serde_json::from_value(event.payload.clone())?;
-        state.apply(event);
-    }
-    Ok(serde_json::to_value(state)?)
 }
 
 /// Rebuilds `value` with every object's keys in sorted order, so the same content always
@@ -139,7 +95,7 @@ pub fn event_hash(
     hex::encode(hasher.finalize())
 }
 
-impl<R> ChainedRepository<R> {
+impl ChainedRepository {
     /// The hash of event `sequence` of the stream (the genesis hash before event 1).
     async fn hash_at(
         &self,
@@ -179,7 +135,7 @@ impl<R> ChainedRepository<R> {
     }
 }
 
-impl<R: PersistedEventRepository> ChainedRepository<R> {
+impl ChainedRepository {
     /// Chains `events` (one commit of one stream, in order) to `previous`, the hash of the
     /// event before the first (read from the database when not given), and appends them
     /// with `snapshot_update`, which must hold the state after the LAST of them. Only while
@@ -188,8 +144,9 @@ impl<R: PersistedEventRepository> ChainedRepository<R> {
     /// keeps the stream in memory need not read it back.
     ///
     /// # Errors
-    /// As [`PersistedEventRepository::persist`]: `OptimisticLockError` when another writer
-    /// took a sequence (or the snapshot) first.
+    /// `OptimisticLockError` when another writer took a sequence (or the snapshot) first;
+    /// on PostgreSQL, `UnknownError` holding a [`super::owners::NotOwner`] when `must_own`
+    /// no longer owns the user.
     pub async fn append<A: Aggregate>(
         &self,
         mut events: Vec<SerializedEvent>,
@@ -240,78 +197,6 @@ impl<R: PersistedEventRepository> ChainedRepository<R> {
             }
         }
         Ok(previous)
-    }
-}
-
-impl<R: PersistedEventRepository> PersistedEventRepository for ChainedRepository<R> {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.inner.get_events::<A>(aggregate_id).await
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.inner
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        let Some(snapshot) = self.inner.get_snapshot::<A>(aggregate_id).await? else {
-            return Ok(None);
-        };
-        if serde_json::from_value::<A>(snapshot.aggregate.clone()).is_ok() {
-            return Ok(Some(snapshot));
-        }
-        tracing::warn!(
-            aggregate_id,
-            "snapshot no longer fits the aggregate; replaying the stream"
-        );
-        Ok(Some(SerializedSnapshot {
-            aggregate_id: snapshot.aggregate_id,
-            aggregate: serde_json::to_value(A::default())
-                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
-            current_sequence: 0,
-            current_snapshot: snapshot.current_snapshot,
-        }))
-    }
-
-    async fn persist<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-        snapshot_update: Option<(String, Value, usize)>,
-    ) -> Result<(), PersistenceError> {
-        let chained = events.to_vec();
-        let snapshot_update = match snapshot_update {
-            Some((id, snapshot, version)) => Some((
-                id,
-                complete_snapshot::<A>(snapshot, &chained, self.snapshot_every)?,
-                version,
-            )),
-            None => None,
-        };
-        self.append::<A>(chained, snapshot_update, None, None)
-            .await
-            .map(|_| ())
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        self.inner.stream_events::<A>(aggregate_id).await
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        self.inner.stream_all_events::<A>().await
     }
 }
 
@@ -388,19 +273,6 @@ pub async fn verify(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    /// The same cases as cqrs-es 0.5's own test of `commit_snapshot_with_addl_events`.
-    #[test]
-    fn the_events_in_a_handed_over_snapshot_are_counted_as_cqrs_es_does() {
-        // (stream length before the commit, events in the commit, interval) -> applied
-        assert_eq!(events_in_snapshot(6, 3, 5), 0);
-        assert_eq!(events_in_snapshot(6, 3, 4), 3);
-        assert_eq!(events_in_snapshot(6, 4, 4), 3);
-        assert_eq!(events_in_snapshot(6, 8, 4), 7);
-        assert_eq!(events_in_snapshot(20, 3, 20), 1);
-        assert_eq!(events_in_snapshot(1, 1, 1), 1);
-        assert_eq!(events_in_snapshot(1, 5, 1), 5);
-    }
 
     #[test]
     fn the_hash_ignores_key_order_and_its_own_field() {

@@ -1,14 +1,14 @@
 //! Storage wiring: one `DATABASE_URL` selects SQLite (the embedded default) or PostgreSQL.
 //!
-//! - [`streams`]: the per-user event streams: loaded through cqrs-es and sqlite-es /
-//!   postgres-es, kept in memory between a live user's commands, appended in one transaction.
+//! - [`streams`]: the per-user event streams: read in one statement (`read_stream.rs`), kept
+//!   in memory between a live user's commands, appended in one transaction.
 //! - [`catalog`]: versioned test definitions.
 //! - [`chain`]: the repository the streams write through: a tamper-evidence hash chain in
-//!   each event's metadata, and snapshots that survive a change of the aggregate's shape.
+//!   each event's metadata, and the append of each store.
 //! - [`owners`]: the table of which session owns each user (PostgreSQL).
 //! - [`claims`]: connections' claims of their users, many in one statement (PostgreSQL).
 //! - [`pg_append`]: the PostgreSQL append, events and snapshot with the session-owner
-//!   check in one transaction.
+//!   check in one statement.
 //! - [`sqlite_append`]: the SQLite append, many users' commits in one transaction (group
 //!   commit) by one writer task.
 //! - [`audit`]: read-only queries over the event history for auditors.

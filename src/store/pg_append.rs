@@ -1,9 +1,8 @@
 //! The PostgreSQL append: a commit's events, its snapshot and (for a user's own session)
 //! the check that the session still owns the user, in ONE statement, so one round trip.
 //!
-//! postgres-es opens its own transaction inside `persist`, where nothing can be added, so
-//! the chained repository writes through this instead on PostgreSQL. The rows are
-//! postgres-es 0.5's own (same columns, same snapshot rules: insert the first snapshot,
+//! The chained repository writes through this on PostgreSQL. The rows are postgres-es 0.5's
+//! own (same columns, same snapshot rules: insert the first snapshot,
 //! update a later one only from the number it was read at), so its readers are unaffected.
 //! A transaction around several statements cost a round trip each (begin, owner check,
 //! insert, snapshot, commit); one statement with data-modifying `with` parts commits as a

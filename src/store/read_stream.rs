@@ -21,31 +21,22 @@ pub(super) struct Read {
 /// `(part, number, sequence, payload)`.
 type Row = (i64, i64, i64, String);
 
-/// The snapshot first, then the events after the sequence it holds, in order.
-/// `$1`/`?1` is the aggregate type, `$2`/`?2` the user.
-const READ_PG: &str = "\
-    select 0::bigint, current_snapshot, last_sequence, payload::text from snapshots \
-     where aggregate_type = $1 and aggregate_id = $2 \
+/// The snapshot first, then the events after the sequence it holds, in order; `$1` is the
+/// aggregate type, `$2` the user. Written for both stores (the casts make the columns'
+/// types agree across the union on PostgreSQL).
+const READ: &str = "\
+    select cast(0 as bigint), current_snapshot, last_sequence, cast(payload as text) \
+      from snapshots where aggregate_type = $1 and aggregate_id = $2 \
     union all \
-    select 1, 0, sequence, payload::text from events \
+    select cast(1 as bigint), cast(0 as bigint), sequence, cast(payload as text) from events \
      where aggregate_type = $1 and aggregate_id = $2 \
        and sequence > coalesce((select last_sequence from snapshots \
             where aggregate_type = $1 and aggregate_id = $2), 0) \
     order by 1, 3";
-const READ_SQLITE: &str = "\
-    select 0, current_snapshot, last_sequence, payload from snapshots \
-     where aggregate_type = ?1 and aggregate_id = ?2 \
-    union all \
-    select 1, 0, sequence, payload from events \
-     where aggregate_type = ?1 and aggregate_id = ?2 \
-       and sequence > coalesce((select last_sequence from snapshots \
-            where aggregate_type = ?1 and aggregate_id = ?2), 0) \
-    order by 1, 3";
 /// Every event of the stream, for a snapshot that no longer fits.
-const REPLAY_PG: &str = "select 1::bigint, 0::bigint, sequence, payload::text from events \
+const REPLAY: &str = "\
+    select cast(1 as bigint), cast(0 as bigint), sequence, cast(payload as text) from events \
      where aggregate_type = $1 and aggregate_id = $2 order by 3";
-const REPLAY_SQLITE: &str = "select 1, 0, sequence, payload from events \
-     where aggregate_type = ?1 and aggregate_id = ?2 order by 3";
 
 /// Reads `user_id`'s stream.
 ///
@@ -53,28 +44,23 @@ const REPLAY_SQLITE: &str = "select 1, 0, sequence, payload from events \
 /// A database error, or [`StoreError::Corrupt`] for an event that does not read as one
 /// or a gap in the sequence.
 pub(super) async fn read(db: &Database, user_id: &str) -> Result<Read, StoreError> {
-    let found = rows(db, user_id, Part::SnapshotAndAfter).await?;
-    let (snapshot, state, events) = match found.split_first() {
-        Some(((0, number, sequence, payload), after)) => {
-            let number = usize::try_from(*number).ok();
-            match serde_json::from_str::<UserStream>(payload) {
-                // A snapshot holds exactly the state it is labelled with, or it is not used.
-                Ok(state) if i64::try_from(state.sequence).ok() == Some(*sequence) => {
-                    (number, state, after.to_vec())
-                }
-                _ => {
-                    tracing::warn!(
-                        user_id,
-                        "snapshot no longer fits the aggregate; replaying the stream"
-                    );
-                    let all = rows(db, user_id, Part::EveryEvent).await?;
-                    (number, UserStream::default(), all)
-                }
+    let mut events = rows(db, user_id, READ).await?;
+    let (mut state, mut snapshot) = (UserStream::default(), None);
+    if events.first().is_some_and(|(part, ..)| *part == 0) {
+        let (_, number, sequence, payload) = events.remove(0);
+        snapshot = usize::try_from(number).ok();
+        match serde_json::from_str::<UserStream>(&payload) {
+            // A snapshot holds exactly the state it is labelled with, or it is not used.
+            Ok(read) if i64::try_from(read.sequence).ok() == Some(sequence) => state = read,
+            _ => {
+                tracing::warn!(
+                    user_id,
+                    "snapshot no longer fits the aggregate; replaying the stream"
+                );
+                events = rows(db, user_id, REPLAY).await?;
             }
         }
-        _ => (None, UserStream::default(), found),
-    };
-    let mut state = state;
+    }
     for (_, _, sequence, payload) in events {
         if usize::try_from(sequence).ok() != Some(state.sequence + 1) {
             return Err(StoreError::Corrupt(format!(
@@ -89,18 +75,9 @@ pub(super) async fn read(db: &Database, user_id: &str) -> Result<Read, StoreErro
     Ok(Read { state, snapshot })
 }
 
-enum Part {
-    SnapshotAndAfter,
-    EveryEvent,
-}
-
-async fn rows(db: &Database, user_id: &str, part: Part) -> Result<Vec<Row>, StoreError> {
+async fn rows(db: &Database, user_id: &str, sql: &str) -> Result<Vec<Row>, StoreError> {
     Ok(match db {
         Database::Sqlite(pool) => {
-            let sql = match part {
-                Part::SnapshotAndAfter => READ_SQLITE,
-                Part::EveryEvent => REPLAY_SQLITE,
-            };
             sqlx::query_as(sql)
                 .bind(UserStream::TYPE)
                 .bind(user_id)
@@ -108,10 +85,6 @@ async fn rows(db: &Database, user_id: &str, part: Part) -> Result<Vec<Row>, Stor
                 .await?
         }
         Database::Postgres(pool) => {
-            let sql = match part {
-                Part::SnapshotAndAfter => READ_PG,
-                Part::EveryEvent => REPLAY_PG,
-            };
             sqlx::query_as(sql)
                 .bind(UserStream::TYPE)
                 .bind(user_id)

@@ -3,11 +3,11 @@
 //!
 //! Loading is one statement, the snapshot and the newer events together
 //! ([`read_stream`]), where cqrs-es's `PersistedEventStore` takes two. Appending goes
-//! through the sqlite-es / postgres-es repositories wrapped by [`ChainedRepository`], but
-//! not through the crate's `commit`: the command path keeps what it knows of a stream between commands ([`Known`],
-//! held with the user's command lock), so a command is decided on the state in memory and
-//! appended without reading the stream first (a load decodes the snapshot and the newer
-//! events: most of a command's cost before). Another writer (another node, an admin
+//! through [`ChainedRepository`], not cqrs-es's `commit`: the command path keeps what it
+//! knows of a stream between commands ([`Known`], held with the user's command lock), so a
+//! command is decided on the state in memory and appended without reading the stream
+//! first (a load decodes the snapshot and the newer events: most of a command's cost
+//! before). Another writer (another node, an admin
 //! elsewhere, a tool) is caught by the stream's optimistic concurrency: it took the next
 //! sequence, so this append fails, what was known is forgotten, and the command is decided
 //! again on the stream as read. A command that records nothing is answered from memory
@@ -18,11 +18,9 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
-use cqrs_es::{Aggregate, AggregateError, DomainEvent};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, DomainEvent};
 use domain::{DomainError, Outcome, UserCommand, UserEvent, UserStream};
-use postgres_es::PostgresEventRepository;
-use sqlite_es::SqliteEventRepository;
 use thiserror::Error;
 
 use super::chain::ChainedRepository;
@@ -114,32 +112,13 @@ struct KnownStream {
     last_hash: Option<String>,
 }
 
-/// One backend's repository, for appends (a load is one statement: [`read_stream`]).
-struct Backend<R: PersistedEventRepository> {
-    repo: ChainedRepository<R>,
-}
-
 /// The event store of every user's stream, on either backend.
 pub struct Streams {
-    backend: Backends,
+    /// What appends go through (a load is one statement: [`read_stream`]).
+    repo: ChainedRepository,
     db: Database,
     /// A snapshot is written whenever a commit reaches a multiple of this.
     snapshot_every: usize,
-}
-
-enum Backends {
-    Sqlite(Backend<SqliteEventRepository>),
-    Postgres(Backend<PostgresEventRepository>),
-}
-
-/// Runs `$body` with `$backend` bound to the database's [`Backend`].
-macro_rules! on_backend {
-    ($self:expr, $backend:ident => $body:expr) => {
-        match &$self.backend {
-            Backends::Sqlite($backend) => $body,
-            Backends::Postgres($backend) => $body,
-        }
-    };
 }
 
 enum Attempt {
@@ -153,24 +132,8 @@ impl Streams {
     /// snapshot and at most that many newer events.
     pub fn new(db: &Database, snapshot_every: usize) -> Self {
         let every = snapshot_every.max(1);
-        let backend = match db {
-            Database::Sqlite(pool) => Backends::Sqlite(Backend {
-                repo: ChainedRepository::new(
-                    SqliteEventRepository::new(pool.clone()),
-                    db.clone(),
-                    every,
-                ),
-            }),
-            Database::Postgres(pool) => Backends::Postgres(Backend {
-                repo: ChainedRepository::new(
-                    PostgresEventRepository::new(pool.clone()),
-                    db.clone(),
-                    every,
-                ),
-            }),
-        };
         Streams {
-            backend,
+            repo: ChainedRepository::new(db.clone()),
             db: db.clone(),
             snapshot_every: every,
         }
@@ -207,9 +170,16 @@ impl Streams {
                 Some(stream) => (stream, true),
                 None => (self.read(user_id).await?, false),
             };
-            let outcome = on_backend!(self, backend => {
-                self.try_once(&backend.repo, user_id, command.clone(), metadata, stream, from_memory, known).await
-            })?;
+            let outcome = self
+                .try_once(
+                    user_id,
+                    command.clone(),
+                    metadata,
+                    stream,
+                    from_memory,
+                    known,
+                )
+                .await?;
             if let Attempt::Done(committed) = outcome {
                 return Ok(committed);
             }
@@ -226,9 +196,8 @@ impl Streams {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn try_once<R: PersistedEventRepository>(
+    async fn try_once(
         &self,
-        repo: &ChainedRepository<R>,
         user_id: &str,
         command: UserCommand,
         metadata: &EventMetadata,
@@ -267,7 +236,8 @@ impl Streams {
                 None
             };
         let next_snapshot = snapshot.as_ref().map(|(_, _, n)| *n).or(stream.snapshot);
-        match repo
+        match self
+            .repo
             .append::<UserStream>(
                 serialized,
                 snapshot,
@@ -363,10 +333,4 @@ fn persistence_error(err: PersistenceError) -> StoreError {
         PersistenceError::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
         other => StoreError::EventStore(other.to_string()),
     }
-}
-
-/// A commit through cqrs-es that lost its race: the appends under the repository report a
-/// taken sequence as an optimistic-lock error, which cqrs-es turns into this.
-pub fn is_conflict(err: &AggregateError<DomainError>) -> bool {
-    matches!(err, AggregateError::AggregateConflict)
 }

@@ -1,18 +1,16 @@
-//! The traps of the cqrs-es 0.5 crates, tested around: conflicts are recognised on both
-//! backends, concurrent writers to one stream are retried and never both stored, and
+//! The event store's guarantees: a lost race is recognised on both backends, concurrent writers to one stream are retried and never both stored, and
 //! snapshots mean a long stream is not read whole.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use assessd::commands::{self, CommandError, Origin};
 use assessd::store::chain::ChainedRepository;
-use assessd::store::streams::{is_conflict, EventMetadata, Known, Streams};
+use assessd::store::streams::{EventMetadata, Known, Streams};
 use assessd::store::{Database, StoreError};
 use chrono::Utc;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::EventStore;
-use domain::{UserCommand, UserEvent, UserStream};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::Aggregate;
+use domain::{UserCommand, UserStream};
 
 use crate::helpers::{spawn_app_with, Backend};
 
@@ -35,66 +33,40 @@ fn metadata() -> EventMetadata {
     }
 }
 
-/// Two writers that loaded the same version: the second commit through the repository the
-/// event store writes through is refused as a conflict on both stores (sqlite-es alone
-/// reports our schema's unique constraint as an unexpected error), and only one is stored.
+/// Two writers that read the same version: the second append at the same sequence, through
+/// the repository the command path appends through, is refused as a lost race on both
+/// stores (never an unexpected error), and only the first is stored.
 async fn a_stale_writer_gets_a_conflict(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |_| {}).await else {
         return;
     };
-    async fn race<R: cqrs_es::persist::PersistedEventRepository>(
-        store: PersistedEventStore<R, UserStream>,
-    ) {
-        let first = store.load_aggregate("racer").await.unwrap();
-        let second = store.load_aggregate("racer").await.unwrap();
-        let event = |t: &str| UserEvent::ChatExchanged {
-            assessment_id: None,
-            test_id: None,
-            question_id: None,
-            user_text: t.into(),
-            reply_text: "r".into(),
-            tutor: "offline_tutor".into(),
-            exchanged_at: Utc::now(),
-            provider_profile: None,
-            model: None,
-            usage: None,
-            withheld: false,
-            withheld_text: None,
-        };
-        store
-            .commit(vec![event("first")], first, HashMap::new())
-            .await
-            .expect("first commit");
-        let err = store
-            .commit(vec![event("second")], second, HashMap::new())
-            .await
-            .expect_err("stale commit");
-        assert!(is_conflict(&err), "not recognised as a conflict: {err:?}");
-        let events = store.load_events("racer").await.unwrap();
-        assert_eq!(events.len(), 1);
-    }
-    match &app.state.db {
-        Database::Sqlite(pool) => {
-            race(PersistedEventStore::new_event_store(
-                ChainedRepository::new(
-                    sqlite_es::SqliteEventRepository::new(pool.clone()),
-                    app.state.db.clone(),
-                    20,
-                ),
-            ))
-            .await
-        }
-        Database::Postgres(pool) => {
-            race(PersistedEventStore::new_event_store(
-                ChainedRepository::new(
-                    postgres_es::PostgresEventRepository::new(pool.clone()),
-                    app.state.db.clone(),
-                    20,
-                ),
-            ))
-            .await
-        }
-    }
+    let repo = ChainedRepository::new(app.state.db.clone());
+    let event = |text: &str| SerializedEvent {
+        aggregate_id: "racer".into(),
+        sequence: 1,
+        aggregate_type: UserStream::TYPE.into(),
+        event_type: "ChatExchanged".into(),
+        event_version: "1.0".into(),
+        payload: serde_json::json!({"ChatExchanged": {
+            "assessment_id": null, "test_id": null, "question_id": null,
+            "user_text": text, "reply_text": "r", "tutor": "offline_tutor",
+            "exchanged_at": Utc::now(),
+        }}),
+        metadata: serde_json::json!({}),
+    };
+    repo.append::<UserStream>(vec![event("first")], None, None, None)
+        .await
+        .expect("first append");
+    let err = repo
+        .append::<UserStream>(vec![event("second")], None, None, None)
+        .await
+        .expect_err("stale append");
+    assert!(
+        matches!(err, PersistenceError::OptimisticLockError),
+        "not recognised as a lost race: {err:?}"
+    );
+    let stored = app.state.streams.load("racer").await.unwrap();
+    assert_eq!(stored.sequence, 1);
     app.stop().await;
 }
 
@@ -131,6 +103,20 @@ async fn concurrent_writers_are_retried_not_lost(backend: Backend) {
     app.stop().await;
 }
 
+/// Twelve chat messages in `user`'s stream; the state they lead to.
+async fn twelve_chats(streams: &Streams, user: &str) -> UserStream {
+    let mut known = Known::default();
+    for i in 0..12 {
+        streams
+            .execute(user, chat(&format!("m{i}")), &metadata(), &mut known)
+            .await
+            .unwrap();
+    }
+    let state = streams.load(user).await.unwrap();
+    assert_eq!(state.sequence, 12);
+    state
+}
+
 /// With a snapshot every 5 events, a 12-event stream is loaded from its snapshot: deleting
 /// the events the snapshot covers does not change the loaded state.
 async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
@@ -138,15 +124,7 @@ async fn a_long_stream_loads_from_its_snapshot(backend: Backend) {
         return;
     };
     let streams = Streams::new(&app.state.db, 5);
-    let mut known = Known::default();
-    for i in 0..12 {
-        streams
-            .execute("long", chat(&format!("m{i}")), &metadata(), &mut known)
-            .await
-            .unwrap();
-    }
-    let before = streams.load("long").await.unwrap();
-    assert_eq!(before.sequence, 12);
+    let before = twelve_chats(&streams, "long").await;
 
     let snapshots: Vec<(i64,)> = match &app.state.db {
         Database::Sqlite(pool) => {
@@ -202,15 +180,7 @@ async fn a_snapshot_that_does_not_fit_is_replayed_past(backend: Backend) {
         return;
     };
     let streams = Streams::new(&app.state.db, 5);
-    let mut known = Known::default();
-    for i in 0..12 {
-        streams
-            .execute("odd", chat(&format!("m{i}")), &metadata(), &mut known)
-            .await
-            .unwrap();
-    }
-    let before = streams.load("odd").await.unwrap();
-    assert_eq!(before.sequence, 12);
+    let before = twelve_chats(&streams, "odd").await;
     let db = &app.state.db;
     exec(
         db,
