@@ -38,12 +38,10 @@ const SQLITE_AFTER: &str = "select 0 as tx, global_position, aggregate_id, seque
     recorded_at from events where +aggregate_type = 'user' and global_position > $1 \
     order by global_position limit $2";
 
-const POSTGRES_AFTER: &str = "select transaction_id::text::bigint as tx, global_position, \
-    aggregate_id, sequence, payload::text as payload, recorded_at from events \
-    where aggregate_type = 'user' \
-      and (transaction_id, global_position) > ($1::text::xid8, $2) \
-      and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-    order by transaction_id, global_position limit $3";
+// The function (migrations/postgres) walks the commit-order index in order whatever the
+// planner's statistics say.
+const POSTGRES_AFTER: &str = "select tx, global_position, aggregate_id, sequence, payload, \
+    recorded_at from events_in_commit_order($1::text::xid8, $2, $3)";
 
 /// At most `limit` events after `after`, in commit order.
 ///

@@ -75,8 +75,12 @@ async fn websocket(
     };
     let limits = &state.limits;
     let upgrade = upgrade
-        // Small buffers: tungstenite's defaults cost ~128 KiB per idle socket.
-        .read_buffer_size(4096)
+        // Small buffers: tungstenite's defaults cost ~128 KiB per idle socket, and it
+        // allocates (and zero-fills) the whole read buffer up front. Client messages are
+        // short; a longer frame still arrives whole, the buffer growing to fit it, in reads
+        // of 1 KiB. Measured (19,000 idle sockets, SQLite): 4 KiB -> 1 KiB took 16.1 ->
+        // 12.7 KiB of server memory per socket.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_message_bytes * 4)
         .max_message_size(limits.max_message_bytes)

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::handlers::Handler;
-use super::outbox::{Outbound, Outbox};
+use super::outbox::{Frame, Outbound, Outbox};
 use super::protocol::{self, ServerMessage};
 use super::replies::Reply;
 use crate::auth::Identity;
@@ -154,11 +154,10 @@ where
     K: Sink<Message, Error = axum::Error> + Unpin,
 {
     while let Some(item) = queue.recv().await {
-        let (message, last) = match item {
-            Outbound::Text(text) => (Message::Text(text.into()), false),
-            Outbound::Ping => (Message::Ping(Default::default()), false),
-            Outbound::Close(close) => {
-                let (code, reason) = *close;
+        let (message, last) = match *item.0 {
+            Frame::Text(text) => (Message::Text(text.into()), false),
+            Frame::Ping => (Message::Ping(Default::default()), false),
+            Frame::Close(code, reason) => {
                 let frame = CloseFrame {
                     code,
                     reason: Utf8Bytes::from_static(reason),
@@ -260,7 +259,7 @@ impl Session {
                 _ = ping.tick() => {
                     // A ping is not a reply: when the queue is full the client is busy
                     // enough, and the write timeout watches it.
-                    let _ = self.out.try_send(Outbound::Ping);
+                    let _ = self.out.try_send(Outbound::ping());
                     Ok(())
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
