@@ -223,7 +223,7 @@ pub fn apply(state: &Shared, notice: Notice) {
             node_id,
             generation,
         } => {
-            if state.registry.evict_older(&user_id, session_id, generation) {
+            if state.registry.announced(&user_id, session_id, generation) {
                 state.metrics.evictions.inc();
                 tracing::info!(%user_id, new_session = %session_id, new_node = %node_id, "evicted: the user connected on another node");
             }

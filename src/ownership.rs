@@ -16,7 +16,9 @@
 //!   the old session recorded, and the old one records nothing after it.
 //! - **Evicting.** Every node listens on the channel ([`crate::cluster`]) and evicts its
 //!   local session of that user with a lower generation: `SESSION_REPLACED`, close 4001.
-//!   Each node also checks all its sessions against the table every few seconds, and a
+//!   A notice that comes before an older claim's session has registered is remembered a
+//!   few seconds, and that session is born evicted (the registry's module documentation),
+//!   so a connect needs no second look at the table. Each node also checks all its sessions against the table every few seconds, and a
 //!   session whose append the database refused evicts itself, so a lost notice only delays.
 //!   The optimistic concurrency of the stream (a unique sequence) is the last line under
 //!   all of this: two writers can never both append at one position.
@@ -57,20 +59,7 @@ pub async fn take(
         Some(claims) => claims.claim(user_id, session_id, &state.node_id).await?,
         None => claim(pool, user_id, session_id, &state.node_id).await?,
     };
-    let registration = state.registry.register(user_id, session_id, generation);
-    // A newer claim announced between our commit and our registration found nothing here
-    // to evict; look once more now that the session is registered. Later notices find it.
-    match owner_of(pool, user_id).await {
-        Ok(Some(owner)) => {
-            state
-                .registry
-                .evict_older(user_id, owner.session_id, owner.generation);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            state.registry.unregister(user_id, session_id);
-            return Err(e);
-        }
-    }
-    Ok(registration)
+    // A newer claim announced between our commit and this registration was remembered by
+    // the registry, which makes this session born evicted; later notices find it.
+    Ok(state.registry.register(user_id, session_id, generation))
 }

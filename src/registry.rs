@@ -9,10 +9,18 @@
 //! a registration or an eviction notice only ever removes a session of a LOWER generation,
 //! so the order in which claims and notices reach this node does not matter. Eviction
 //! across nodes ([`crate::cluster`]) cancels the same token as a local one.
+//!
+//! A claim's notice can also come BEFORE an older claim's session registers here: that
+//! claim committed first, but its session was still on its way to [`Registry::register`].
+//! So a notice that finds no session of the user to leave alone (none, or an older one) is
+//! remembered for [`ANNOUNCED_FOR`], and an older claim registering meanwhile is born
+//! evicted. Connects need no second look at the owner table for this; a notice that never
+//! arrives (the listener was reconnecting) is caught by the cluster's periodic check.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +41,69 @@ struct Entry {
     lock: UserLock,
 }
 
+/// How long an announced claim is remembered for sessions that register late. A claim's
+/// caller registers right after its commit; one held up longer than this is still caught
+/// by the cluster's periodic check of every session against the owner table.
+pub const ANNOUNCED_FOR: Duration = Duration::from_secs(10);
+/// At most this many announced claims are remembered (the oldest go first): a burst of
+/// connects on other nodes cannot grow this node's memory without bound.
+const ANNOUNCED_MAX: usize = 100_000;
+
+/// The live sessions and the recently announced claims, under one lock, so a notice and a
+/// registration of the same user see each other whichever comes first.
+#[derive(Default)]
+struct Sessions {
+    live: HashMap<String, Entry>,
+    announced: Announced,
+}
+
+/// Claims announced for users whose session here they did not find: the newest generation
+/// of each user, and the order they came in, to forget them again.
+#[derive(Default)]
+struct Announced {
+    newest: HashMap<String, i64>,
+    order: VecDeque<(Instant, String, i64)>,
+}
+
+impl Announced {
+    fn remember(&mut self, user_id: &str, generation: i64, now: Instant) {
+        self.forget_older_than(now);
+        while self.order.len() >= ANNOUNCED_MAX {
+            self.forget_first();
+        }
+        let newest = self.newest.entry(user_id.to_string()).or_insert(generation);
+        *newest = (*newest).max(generation);
+        self.order.push_back((now, user_id.to_string(), generation));
+    }
+
+    fn forget_older_than(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= ANNOUNCED_FOR)
+        {
+            self.forget_first();
+        }
+    }
+
+    fn forget_first(&mut self) {
+        if let Some((_, user_id, generation)) = self.order.pop_front() {
+            // A later notice of the same user is still remembered under its own entry.
+            if self.newest.get(&user_id) == Some(&generation) {
+                self.newest.remove(&user_id);
+            }
+        }
+    }
+
+    /// Whether a claim newer than `generation` was announced for the user lately.
+    fn newer_than(&mut self, user_id: &str, generation: i64, now: Instant) -> bool {
+        self.forget_older_than(now);
+        self.newest.get(user_id).is_some_and(|&g| g > generation)
+    }
+}
+
 pub struct Registry {
-    sessions: Mutex<HashMap<String, Entry>>,
+    sessions: Mutex<Sessions>,
     live: Arc<AtomicUsize>,
     cap: usize,
     /// Generations handed out when this process is the whole cluster (SQLite).
@@ -66,7 +135,7 @@ pub struct Registration {
 impl Registry {
     pub fn new(cap: usize) -> Self {
         Self {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             live: Arc::new(AtomicUsize::new(0)),
             cap,
             local_generation: AtomicI64::new(0),
@@ -90,7 +159,7 @@ impl Registry {
         self.live.load(Ordering::Acquire)
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         // The map is consistent after every statement, so a panic elsewhere cannot leave it
         // half-updated; keep serving.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,16 +172,29 @@ impl Registry {
     }
 
     /// Makes `session_id`, whose claim has `generation`, the user's live session, evicting
-    /// the previous one. When the user's current session holds a newer claim (the two
-    /// claims reached this node out of order), the new one is born evicted instead.
+    /// the previous one. When the user's current session holds a newer claim, or a newer
+    /// claim was announced lately (the claims reached this node out of order), the new one
+    /// is born evicted instead.
     pub fn register(&self, user_id: &str, session_id: Uuid, generation: i64) -> Registration {
+        self.register_at(user_id, session_id, generation, Instant::now())
+    }
+
+    fn register_at(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        generation: i64,
+        now: Instant,
+    ) -> Registration {
         let evicted = CancellationToken::new();
         let changed = Arc::new(Notify::new());
         let mut sessions = self.sessions();
-        if sessions
+        let overtaken = sessions
+            .live
             .get(user_id)
             .is_some_and(|current| current.generation > generation)
-        {
+            || sessions.announced.newer_than(user_id, generation, now);
+        if overtaken {
             evicted.cancel();
             return Registration {
                 evicted,
@@ -120,14 +202,14 @@ impl Registry {
                 evicted_other: false,
             };
         }
-        let (lock, evicted_other) = match sessions.remove(user_id) {
+        let (lock, evicted_other) = match sessions.live.remove(user_id) {
             Some(old) => {
                 old.evicted.cancel();
                 (old.lock, true)
             }
             None => (UserLock::default(), false),
         };
-        sessions.insert(
+        sessions.live.insert(
             user_id.to_string(),
             Entry {
                 session_id,
@@ -147,16 +229,46 @@ impl Registry {
     /// Evicts the user's session here if another one, `owner`, has since claimed the user
     /// with a higher `generation` (on another node, or here). Returns whether one was.
     pub fn evict_older(&self, user_id: &str, owner: Uuid, generation: i64) -> bool {
-        let mut sessions = self.sessions();
+        Self::evict_older_in(&mut self.sessions(), user_id, owner, generation)
+    }
+
+    fn evict_older_in(
+        sessions: &mut Sessions,
+        user_id: &str,
+        owner: Uuid,
+        generation: i64,
+    ) -> bool {
         let older = sessions
+            .live
             .get(user_id)
             .is_some_and(|e| e.session_id != owner && e.generation < generation);
         if older {
-            if let Some(old) = sessions.remove(user_id) {
+            if let Some(old) = sessions.live.remove(user_id) {
                 old.evicted.cancel();
             }
         }
         older
+    }
+
+    /// A claim announced by a node (this one included): evicts the user's older session
+    /// here as [`Registry::evict_older`] does and, unless the claim's own session is the
+    /// one live here, remembers it for [`ANNOUNCED_FOR`] so that a session of an older
+    /// claim registering meanwhile is born evicted. Returns whether a session was evicted.
+    pub fn announced(&self, user_id: &str, owner: Uuid, generation: i64) -> bool {
+        self.announced_at(user_id, owner, generation, Instant::now())
+    }
+
+    fn announced_at(&self, user_id: &str, owner: Uuid, generation: i64, now: Instant) -> bool {
+        let mut sessions = self.sessions();
+        let evicted = Self::evict_older_in(&mut sessions, user_id, owner, generation);
+        let owner_is_here = sessions
+            .live
+            .get(user_id)
+            .is_some_and(|e| e.session_id == owner);
+        if !owner_is_here {
+            sessions.announced.remember(user_id, generation, now);
+        }
+        evicted
     }
 
     /// Evicts `session_id` if it is still the user's live session here: the database refused
@@ -164,10 +276,11 @@ impl Registry {
     pub fn evict(&self, user_id: &str, session_id: Uuid) {
         let mut sessions = self.sessions();
         if sessions
+            .live
             .get(user_id)
             .is_some_and(|e| e.session_id == session_id)
         {
-            if let Some(old) = sessions.remove(user_id) {
+            if let Some(old) = sessions.live.remove(user_id) {
                 old.evicted.cancel();
             }
         }
@@ -177,6 +290,7 @@ impl Registry {
     /// against the owners recorded in the database.
     pub fn sessions_with_generation(&self) -> Vec<(String, Uuid, i64)> {
         self.sessions()
+            .live
             .iter()
             .map(|(user, e)| (user.clone(), e.session_id, e.generation))
             .collect()
@@ -186,10 +300,11 @@ impl Registry {
     pub fn unregister(&self, user_id: &str, session_id: Uuid) {
         let mut sessions = self.sessions();
         if sessions
+            .live
             .get(user_id)
             .is_some_and(|e| e.session_id == session_id)
         {
-            sessions.remove(user_id);
+            sessions.live.remove(user_id);
         }
     }
 
@@ -198,6 +313,7 @@ impl Registry {
     /// knows of that stream between commands, for as long as the session lives.
     pub fn user_lock(&self, user_id: &str) -> UserLock {
         self.sessions()
+            .live
             .get(user_id)
             .map(|e| e.lock.clone())
             .unwrap_or_default()
@@ -205,18 +321,19 @@ impl Registry {
 
     /// Tells the user's live session, if any, that its stream changed.
     pub fn notify(&self, user_id: &str) {
-        if let Some(entry) = self.sessions().get(user_id) {
+        if let Some(entry) = self.sessions().live.get(user_id) {
             entry.changed.notify_one();
         }
     }
 
     /// The users with a live session on this node, in no particular order.
     pub fn live_users(&self) -> Vec<String> {
-        self.sessions().keys().cloned().collect()
+        self.sessions().live.keys().cloned().collect()
     }
 
     pub fn is_live(&self, user_id: &str, session_id: Uuid) -> bool {
         self.sessions()
+            .live
             .get(user_id)
             .is_some_and(|e| e.session_id == session_id)
     }
@@ -270,6 +387,57 @@ mod tests {
         assert!(live.evicted.is_cancelled());
         assert!(!registry.is_live("bob", newer));
         assert!(registry.sessions_with_generation().is_empty());
+    }
+
+    #[test]
+    fn a_claim_announced_before_an_older_one_registers_leaves_that_one_born_evicted() {
+        let registry = Registry::new(10);
+        let (older, newer) = (Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Instant::now();
+        // gen 8 (another node) is announced while gen 7's session is on its way here
+        assert!(!registry.announced_at("cy", newer, 8, t0));
+        let late = registry.register_at("cy", older, 7, t0 + Duration::from_secs(1));
+        assert!(late.evicted.is_cancelled());
+        assert!(!registry.is_live("cy", older));
+        // a later claim still registers
+        let next = registry.register_at("cy", Uuid::new_v4(), 9, t0 + Duration::from_secs(2));
+        assert!(!next.evicted.is_cancelled());
+    }
+
+    #[test]
+    fn an_announced_claim_is_forgotten_after_a_while_and_its_own_session_is_not_remembered() {
+        let registry = Registry::new(10);
+        let t0 = Instant::now();
+        let (mine, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+        registry.announced_at("di", theirs, 3, t0);
+        let after = t0 + ANNOUNCED_FOR;
+        let late = registry.register_at("di", mine, 2, after);
+        assert!(
+            !late.evicted.is_cancelled(),
+            "left to the periodic check once forgotten"
+        );
+        // the notice of the live session's own claim: nothing evicted, nothing remembered
+        assert!(!registry.announced_at("di", mine, 2, after));
+        assert!(registry.sessions().announced.newest.is_empty());
+        // a newer claim evicts the live session, and an older one registering next is
+        // born evicted too
+        assert!(registry.announced_at("di", theirs, 4, after));
+        assert!(!registry.is_live("di", mine));
+        let older = registry.register_at("di", Uuid::new_v4(), 3, after);
+        assert!(older.evicted.is_cancelled());
+    }
+
+    #[test]
+    fn announced_claims_are_bounded() {
+        let registry = Registry::new(10);
+        let t0 = Instant::now();
+        for i in 0..ANNOUNCED_MAX + 10 {
+            registry.announced_at(&format!("u{i}"), Uuid::new_v4(), 1, t0);
+        }
+        let sessions = registry.sessions();
+        assert_eq!(sessions.announced.order.len(), ANNOUNCED_MAX);
+        assert_eq!(sessions.announced.newest.len(), ANNOUNCED_MAX);
+        assert!(!sessions.announced.newest.contains_key("u0"));
     }
 
     #[test]
