@@ -85,7 +85,6 @@ impl Application {
                 }
             })
         };
-        let trimmer = tokio::spawn(crate::memory::run(state.clone()));
         let token = state.shutdown.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -127,7 +126,6 @@ impl Application {
             tracing::warn!("some sessions did not finish within the shutdown grace period");
         }
         janitor.abort();
-        trimmer.abort();
         heartbeat_stop.cancel();
         if tokio::time::timeout(self.shutdown_grace, heartbeat)
             .await

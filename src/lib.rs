@@ -31,7 +31,7 @@
 //! - [`dev`]: `assessd dev seed`, synthetic attempts through the command path.
 //! - [`error`]: every client-visible error, mapped to HTTP statuses and protocol codes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`memory`]: gives closed sessions' memory back to the system (the one unsafe call).
+//! - [`memory`]: the allocator, jemalloc, set to give freed memory back (the one unsafe item).
 //!
 //! The rules themselves live in the `domain` crate, which does no IO.
 #![deny(unsafe_code)]
