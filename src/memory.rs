@@ -10,7 +10,8 @@
 //! whatever the runtime's threads are doing; mimalloc, tried too, kept the freed pages in
 //! each worker thread's own heap. Figures: README, *Performance*, item 9.
 
-/// Every allocation of the process, the binary's and the tests'.
+/// Every allocation of every process that links this crate: the server, its tests, and
+/// the load generator (`load/`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -18,8 +18,9 @@
 //!   local session of that user with a lower generation: `SESSION_REPLACED`, close 4001.
 //!   A notice that comes before an older claim's session has registered is remembered a
 //!   few seconds, and that session is born evicted (the registry's module documentation),
-//!   so a connect needs no second look at the table. Each node also checks all its sessions against the table every few seconds, and a
-//!   session whose append the database refused evicts itself, so a lost notice only delays.
+//!   so a connect needs no second look at the table. Each node also checks all its
+//!   sessions against the table every few seconds, and a session whose append the
+//!   database refused evicts itself, so a lost notice only delays.
 //!   The optimistic concurrency of the stream (a unique sequence) is the last line under
 //!   all of this: two writers can never both append at one position.
 //!

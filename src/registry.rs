@@ -251,9 +251,10 @@ impl Registry {
     }
 
     /// A claim announced by a node (this one included): evicts the user's older session
-    /// here as [`Registry::evict_older`] does and, unless the claim's own session is the
-    /// one live here, remembers it for [`ANNOUNCED_FOR`] so that a session of an older
-    /// claim registering meanwhile is born evicted. Returns whether a session was evicted.
+    /// here as [`Registry::evict_older`] does and, unless the session live here is the
+    /// claim's own or a newer one, remembers it for [`ANNOUNCED_FOR`] so that a session of
+    /// an older claim registering meanwhile is born evicted. Returns whether a session was
+    /// evicted.
     pub fn announced(&self, user_id: &str, owner: Uuid, generation: i64) -> bool {
         self.announced_at(user_id, owner, generation, Instant::now())
     }
@@ -261,11 +262,12 @@ impl Registry {
     fn announced_at(&self, user_id: &str, owner: Uuid, generation: i64, now: Instant) -> bool {
         let mut sessions = self.sessions();
         let evicted = Self::evict_older_in(&mut sessions, user_id, owner, generation);
-        let owner_is_here = sessions
+        // A session live here at this generation or above already turns older ones away.
+        let settled_here = sessions
             .live
             .get(user_id)
-            .is_some_and(|e| e.session_id == owner);
-        if !owner_is_here {
+            .is_some_and(|e| e.session_id == owner || e.generation >= generation);
+        if !settled_here {
             sessions.announced.remember(user_id, generation, now);
         }
         evicted
@@ -416,8 +418,10 @@ mod tests {
             !late.evicted.is_cancelled(),
             "left to the periodic check once forgotten"
         );
-        // the notice of the live session's own claim: nothing evicted, nothing remembered
+        // the notice of the live session's own claim, or a stale one: nothing evicted,
+        // nothing remembered
         assert!(!registry.announced_at("di", mine, 2, after));
+        assert!(!registry.announced_at("di", theirs, 1, after));
         assert!(registry.sessions().announced.newest.is_empty());
         // a newer claim evicts the live session, and an older one registering next is
         // born evicted too
