@@ -85,8 +85,11 @@ async fn websocket(
         .max_write_buffer_size(limits.max_message_bytes * 4)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes);
-    let sessions = state.sessions.clone();
+    // The session gets a task of its own rather than running inside axum's upgrade task,
+    // which would keep its own state (about 200 bytes) for as long as the socket is open.
     Ok(upgrade.on_upgrade(move |socket| {
-        sessions.track_future(session::run(socket, state, identity, slot))
+        let sessions = state.sessions.clone();
+        sessions.spawn(session::run(socket, state, identity, slot));
+        std::future::ready(())
     }))
 }

@@ -18,15 +18,16 @@
 //!
 //! The socket is any `Stream + Sink` of axum messages, so tests can drive it with channels.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chrono::Utc;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
-use tokio::time::sleep_until;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -57,7 +58,17 @@ enum End {
 }
 
 /// Runs one connection of `identity` until it ends; `slot` holds its place under the cap.
-pub async fn run<S>(socket: S, state: AppState, identity: Identity, slot: Slot)
+///
+/// Not an `async fn`: the memory of an idle session is its task, and an `async fn` keeps
+/// its arguments there for as long as it runs (the unsplit socket alone is 368 bytes),
+/// and copies them again into its locals. The socket is split and its writer started
+/// here; the future returned holds only what the session goes on using.
+pub fn run<S>(
+    socket: S,
+    state: AppState,
+    identity: Identity,
+    slot: Slot,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -65,6 +76,7 @@ where
         + 'static,
 {
     let session_id = Uuid::new_v4();
+    let user_id = identity.user_id;
     let (sink, stream) = socket.split();
     // hyper hands the upgraded socket over with the HTTP request's read buffer still
     // attached (12 KiB a connection, heaptrack) and frees it only at the socket's first
@@ -76,111 +88,120 @@ where
     let (out_tx, out_rx) = mpsc::channel(state.limits.outbound_queue);
     let mut writer = tokio::spawn(write_loop(sink, out_rx, state.limits.write_timeout));
     state.metrics.connections.inc();
-
-    // The claim commits (and the older socket, on any node, is told) before the stream is
-    // read, so this session sees everything the older one recorded.
-    // Boxed here and below: an awaited future is stored inside its caller's, so every
-    // large step that runs only now and then (the claim, the greeting, a command) would
-    // otherwise size the memory of every idle session's task.
-    let registration = match Box::pin(crate::ownership::take(
-        &state,
-        &identity.user_id,
-        session_id,
-    ))
-    .await
-    {
-        Ok(registration) => registration,
-        Err(e) => {
-            tracing::error!(user_id = %identity.user_id, error = %e, "could not claim the user's stream");
-            let refusal = Reply::error(&ClientError::from(e));
-            let _ = Box::pin(Outbox::new(out_tx.clone(), state.clone(), None).send(vec![refusal]))
-                .await;
-            let _ = out_tx.try_send(Outbound::close(
-                close::TRY_AGAIN_LATER,
-                "could not load your stream; reconnect",
-            ));
-            drop(out_tx);
-            let grace = state.limits.write_timeout + Duration::from_secs(1);
-            if tokio::time::timeout(grace, &mut writer).await.is_err() {
-                writer.abort();
-            }
-            state.metrics.connections.dec();
-            drop(slot);
-            return;
+    async move {
+        // The claim commits (and the older socket, on any node, is told) before the stream
+        // is read, so this session sees everything the older one recorded.
+        // Boxed here and below: an awaited future is stored inside its caller's, so every
+        // large step that runs only now and then (the claim, the greeting, a command)
+        // would otherwise size the memory of every idle session's task.
+        let registration =
+            match Box::pin(crate::ownership::take(&state, &user_id, session_id)).await {
+                Ok(registration) => registration,
+                Err(e) => {
+                    tracing::error!(%user_id, error = %e, "could not claim the user's stream");
+                    let refusal = Reply::error(&ClientError::from(e));
+                    let outbox = Outbox::new(out_tx.clone(), state.clone(), None);
+                    let _ = Box::pin(outbox.send(vec![refusal])).await;
+                    let _ = out_tx.try_send(Outbound::close(
+                        close::TRY_AGAIN_LATER,
+                        "could not load your stream; reconnect",
+                    ));
+                    drop(out_tx);
+                    finish(&state, &mut writer).await;
+                    drop(slot);
+                    return;
+                }
+            };
+        if registration.evicted_other {
+            state.metrics.evictions.inc();
         }
-    };
-    if registration.evicted_other {
-        state.metrics.evictions.inc();
-    }
-    let mut session = Session {
-        handler: Handler::new(state.clone(), identity.user_id.clone(), session_id),
-        state: state.clone(),
-        user_id: identity.user_id.clone(),
-        out: out_tx,
-        chats: Vec::new(),
-        evicted: registration.evicted,
-        changed: registration.changed,
-        request_id: None,
-        refused_until: None,
-    };
-    tracing::info!(user_id = %session.user_id, %session_id, "connected");
+        let mut session = Session {
+            handler: Handler::new(state.clone(), user_id.clone(), session_id),
+            state: state.clone(),
+            user_id,
+            out: out_tx,
+            chats: Vec::new(),
+            evicted: registration.evicted,
+            changed: registration.changed,
+            request_id: None,
+            refused_until: None,
+        };
+        tracing::info!(user_id = %session.user_id, %session_id, "connected");
 
-    let end = session.serve(stream).await;
-    // A reply still streaming is for a client that is gone (or replaced): stop the model
-    // call, record nothing.
-    for chat in session.chats.drain(..) {
-        chat.abort();
+        let end = session.serve(&mut stream).await;
+        // A reply still streaming is for a client that is gone (or replaced): stop the
+        // model call, record nothing.
+        for chat in session.chats.drain(..) {
+            chat.abort();
+        }
+        state.registry.unregister(&session.user_id, session_id);
+        if let End::Close(code, reason) = end {
+            // The writer may be stuck on a client that does not read; then no goodbye.
+            let _ = session.out.try_send(Outbound::close(code, reason));
+        }
+        let user_id = std::mem::take(&mut session.user_id);
+        drop(session);
+        finish(&state, &mut writer).await;
+        drop(slot);
+        tracing::info!(%user_id, %session_id, "disconnected");
     }
-    state.registry.unregister(&session.user_id, session_id);
-    if let End::Close(code, reason) = end {
-        // The writer may be stuck on a client that does not read; then there is no goodbye.
-        let _ = session.out.try_send(Outbound::close(code, reason));
-    }
-    drop(session);
-    // The writer ends once the queue is drained (or its write timeout fires).
+}
+
+/// Waits for the writer to drain the queue (its write timeout bounds each write, and a
+/// second more the whole), then counts the connection gone.
+async fn finish(state: &AppState, writer: &mut tokio::task::JoinHandle<()>) {
     let grace = state.limits.write_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+    if tokio::time::timeout(grace, &mut *writer).await.is_err() {
         writer.abort();
     }
     state.metrics.connections.dec();
-    drop(slot);
-    tracing::info!(user_id = %identity.user_id, %session_id, "disconnected");
 }
 
 /// Drains the queue into the socket. A write that the client does not accept within
 /// `write_timeout` ends the connection: such a client cannot hold the server's memory.
-async fn write_loop<K>(mut sink: K, mut queue: mpsc::Receiver<Outbound>, write_timeout: Duration)
+/// Not an `async fn`, for the reason [`run`] gives.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its task"
+)]
+fn write_loop<K>(
+    mut sink: K,
+    mut queue: mpsc::Receiver<Outbound>,
+    write_timeout: Duration,
+) -> impl Future<Output = ()> + Send
 where
-    K: Sink<Message, Error = axum::Error> + Unpin,
+    K: Sink<Message, Error = axum::Error> + Unpin + Send,
 {
-    while let Some(item) = queue.recv().await {
-        let (message, last) = match *item.0 {
-            Frame::Text(text) => (Message::Text(text.into()), false),
-            Frame::Ping => (Message::Ping(Default::default()), false),
-            Frame::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                (Message::Close(Some(frame)), true)
-            }
-        };
-        // Boxed while it runs: an idle writer then waits on its queue alone, and its task
-        // is not sized by the write, its message and its timer (about 200 bytes).
-        match Box::pin(tokio::time::timeout(write_timeout, sink.send(message))).await {
-            Ok(Ok(())) if !last => {}
-            Ok(Ok(())) => break,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::warn!(
-                    timeout = ?write_timeout,
-                    "client accepted no write within the write timeout; disconnecting it"
-                );
-                return;
+    async move {
+        while let Some(item) = queue.recv().await {
+            let (message, last) = match *item.0 {
+                Frame::Text(text) => (Message::Text(text.into()), false),
+                Frame::Ping => (Message::Ping(Default::default()), false),
+                Frame::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    (Message::Close(Some(frame)), true)
+                }
+            };
+            // Boxed while they run: an idle writer then waits on its queue alone, and its
+            // task is not sized by a write, its message and its timer (about 200 bytes).
+            match Box::pin(tokio::time::timeout(write_timeout, sink.send(message))).await {
+                Ok(Ok(())) if !last => {}
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?write_timeout,
+                        "client accepted no write within the write timeout; disconnecting it"
+                    );
+                    return;
+                }
             }
         }
+        let _ = Box::pin(tokio::time::timeout(write_timeout, sink.close())).await;
     }
-    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
 
 struct Session {
@@ -199,7 +220,7 @@ struct Session {
 }
 
 impl Session {
-    async fn serve<R>(&mut self, mut stream: R) -> End
+    async fn serve<R>(&mut self, stream: &mut R) -> End
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -214,19 +235,27 @@ impl Session {
                 );
             }
         }
-        let limits = self.state.limits.clone();
+        let limits = &self.state.limits;
+        let (idle_timeout, ping_interval) = (limits.idle_timeout, limits.ping_interval);
+        let max_message_bytes = limits.max_message_bytes;
         let mut last_seen = Instant::now();
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + limits.ping_interval,
-            limits.ping_interval,
-        );
+        let mut next_ping = last_seen + ping_interval;
+        // One timer for the idle timeout, the next ping and the attempt's deadline, set
+        // each turn to the earliest of them: it lives in every idle session's task, where
+        // one timer for each measured 112 bytes (and the ping's interval boxed another).
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         let shutdown = self.state.shutdown.clone();
         let evicted = self.evicted.clone();
         let changed = self.changed.clone();
         let writer = self.out.clone();
         loop {
             let deadline = self.deadline();
-            let idle_at = tokio::time::Instant::from_std(last_seen + limits.idle_timeout);
+            let idle_at = last_seen + idle_timeout;
+            let wake = deadline.map_or(idle_at.min(next_ping), |d| d.min(idle_at).min(next_ping));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
@@ -244,7 +273,7 @@ impl Session {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                         Some(Err(e)) => Err(end_for_error(e)),
                         Some(Ok(Message::Text(text))) => {
-                            if text.len() > limits.max_message_bytes {
+                            if text.len() > max_message_bytes {
                                 Err(End::Close(close::TOO_BIG, "message too big"))
                             } else {
                                 Box::pin(self.on_text(text.as_str())).await
@@ -255,28 +284,39 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     }
                 }
-                _ = sleep_until(idle_at) => Err(End::Close(close::IDLE, "idle timeout")),
-                _ = ping.tick() => {
-                    // A ping is not a reply: when the queue is full the client is busy
-                    // enough, and the write timeout watches it.
-                    let _ = self.out.try_send(Outbound::ping());
-                    Ok(())
-                }
-                _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    self.request_id = None;
-                    match Box::pin(self.handler.expire()).await {
-                        Ok(replies) => self.send_all(replies).await,
-                        Err(e) => {
-                            let sent = self.send_all(vec![Reply::error(&e)]).await;
-                            // Try again later rather than spinning on a failing database.
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            sent
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= idle_at {
+                        Err(End::Close(close::IDLE, "idle timeout"))
+                    } else if deadline.is_some_and(|d| now >= d) {
+                        self.request_id = None;
+                        Box::pin(self.expire()).await
+                    } else {
+                        // A ping is not a reply: when the queue is full the client is busy
+                        // enough, and the write timeout watches it.
+                        if now >= next_ping {
+                            let _ = self.out.try_send(Outbound::ping());
+                            next_ping = now + ping_interval;
                         }
+                        Ok(())
                     }
                 }
             };
             if let Err(end) = step {
                 return end;
+            }
+        }
+    }
+
+    /// The attempt's deadline passed: record its expiry and tell the client.
+    async fn expire(&mut self) -> Result<(), End> {
+        match Box::pin(self.handler.expire()).await {
+            Ok(replies) => self.send_all(replies).await,
+            Err(e) => {
+                let sent = self.send_all(vec![Reply::error(&e)]).await;
+                // Try again later rather than spinning on a failing database.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                sent
             }
         }
     }
@@ -377,11 +417,11 @@ impl Session {
         End::Close(close::REPLACED, "session replaced")
     }
 
-    fn deadline(&self) -> Option<tokio::time::Instant> {
+    fn deadline(&self) -> Option<Instant> {
         let deadline = self.handler.deadline()?;
         let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         // A few ms past the deadline, so the wall clock agrees it passed when we wake.
-        Some(tokio::time::Instant::now() + wait + Duration::from_millis(5))
+        Some(Instant::now() + wait + Duration::from_millis(5))
     }
 
     async fn send_result(&mut self, replies: Result<Vec<Reply>, ClientError>) -> Result<(), End> {
@@ -413,7 +453,10 @@ impl Session {
     /// Queues `replies` in order, waiting for room: while the client does not read, this
     /// session does not read it either. Fails only when the writer is gone.
     async fn send_all(&mut self, replies: Vec<Reply>) -> Result<(), End> {
-        self.outbox().send(replies).await.map_err(|_| End::Gone)
+        // Boxed: the session's loop awaits this, and would otherwise be sized by it.
+        Box::pin(self.outbox().send(replies))
+            .await
+            .map_err(|_| End::Gone)
     }
 }
 
@@ -428,8 +471,4 @@ fn end_for_error(error: axum::Error) -> End {
             End::Gone
         }
     }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }

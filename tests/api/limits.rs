@@ -315,8 +315,35 @@ async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
     app.stop().await;
 }
 
+/// An idle socket's memory is mostly its session's task, and a task is as big as the
+/// future it runs: `run` keeps only what the session goes on using, and every step that
+/// runs only now and then (the claim, the greeting, a command, a send) is boxed. An
+/// argument kept whole or a step awaited inline in the session's loop grows it by
+/// hundreds of bytes for every open socket, and shows here.
+async fn an_idle_session_task_stays_small(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let identity = Identity {
+        user_id: "small".into(),
+        roles: vec![Role::Taker],
+    };
+    let slot = app.state.registry.try_reserve().unwrap();
+    let socket = NeverReads {
+        incoming: VecDeque::new(),
+    };
+    let session = assessd::ws::session::run(socket, app.state.clone(), identity, slot);
+    let size = std::mem::size_of_val(&session);
+    // 1,336 bytes in a release build on 2026-12-02 (2,288 before the session's loop
+    // shared one timer and stopped keeping the unsplit socket).
+    assert!(size <= 1_600, "the session's future is {size} bytes");
+    drop(session);
+    app.stop().await;
+}
+
 crate::on_both_backends!(
     the_rate_limit_is_per_user,
+    an_idle_session_task_stays_small,
     a_silent_connection_is_closed_with_4008,
     the_connection_cap_refuses_with_503,
     shutdown_closes_sockets_with_1001,
