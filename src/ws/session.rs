@@ -87,8 +87,9 @@ where
     let _ = Pin::new(&mut stream).peek().now_or_never();
     let (out_tx, out_rx) = mpsc::channel(state.limits.outbound_queue);
     let mut writer = tokio::spawn(write_loop(sink, out_rx, state.limits.write_timeout));
-    state.metrics.connections.inc();
     async move {
+        // Counted here, not above: a future dropped before it ran is not a connection.
+        state.metrics.connections.inc();
         // The claim commits (and the older socket, on any node, is told) before the stream
         // is read, so this session sees everything the older one recorded.
         // Boxed here and below: an awaited future is stored inside its caller's, so every
