@@ -87,6 +87,7 @@ impl Jobs {
             error: None,
             test_id: test_id.map(str::to_string),
             answers_regraded: counts.answers_regraded,
+            open_attempts_corrected: counts.open_attempts_corrected,
         }
     }
 
@@ -119,6 +120,7 @@ impl Jobs {
         let counts = Counts {
             events_total: streams,
             answers_regraded: Some(0),
+            open_attempts_corrected: Some(0),
             ..Counts::default()
         };
         let job = Self::new_job("regrade", "", Some(test_id), counts);
@@ -194,6 +196,7 @@ impl Running {
             events_done: job.events_done,
             events_total: job.events_total,
             answers_regraded: job.answers_regraded,
+            open_attempts_corrected: job.open_attempts_corrected,
         });
         let stop = CancellationToken::new();
         let writer = tokio::spawn(write_progress(
@@ -223,11 +226,13 @@ impl Running {
         });
     }
 
-    /// A regrade's progress: `streams` users' streams done, `answers` answers regraded.
-    pub fn regrade_progress(&self, streams: u64, answers: u64) {
+    /// A regrade's progress: `streams` users' streams done, `answers` answers regraded,
+    /// `corrected` attempts in progress corrected ahead of their answer.
+    pub fn regrade_progress(&self, streams: u64, answers: u64, corrected: u64) {
         self.counts.send_modify(|c| {
             c.events_done = streams;
             c.answers_regraded = Some(answers);
+            c.open_attempts_corrected = Some(corrected);
         });
     }
 
@@ -358,9 +363,9 @@ mod tests {
         let id = job.id().to_string();
 
         let called = Instant::now();
-        job.regrade_progress(1, 1);
+        job.regrade_progress(1, 1, 0);
         let (first_unseen, _) = until(&jobs, &id, 1, called).await;
-        job.regrade_progress(2, 1);
+        job.regrade_progress(2, 1, 0);
         let (_, second_seen) = until(&jobs, &id, 2, Instant::now()).await;
         assert!(
             second_seen - first_unseen >= PROGRESS_EVERY,
@@ -368,7 +373,7 @@ mod tests {
             second_seen - first_unseen
         );
 
-        job.regrade_progress(7, 3);
+        job.regrade_progress(7, 3, 2);
         job.finish(Ok(())).await;
         let ended = jobs.get(&id).await.unwrap().unwrap();
         assert_eq!(ended.status, JobStatus::Done);
@@ -376,9 +381,10 @@ mod tests {
             (
                 ended.events_done,
                 ended.events_total,
-                ended.answers_regraded
+                ended.answers_regraded,
+                ended.open_attempts_corrected
             ),
-            (7, 10, Some(3))
+            (7, 10, Some(3), Some(2))
         );
         assert!(ended.finished_at.is_some() && ended.error.is_none());
     }

@@ -310,7 +310,7 @@ pub async fn start(state: &AppState, plan: Plan, admin_id: &str) -> Result<Strin
                     tracing::error!(user_id, error = %e, "regrade of a stream failed");
                 }
             }
-            job.regrade_progress(done, answers);
+            job.regrade_progress(done, answers, open_corrected);
         }
         let result = if failed == 0 {
             Ok(())

@@ -450,7 +450,8 @@ pub struct RegradePreview {
                    answer is then graded with the correction); open sockets receive \
                    `SCORE_CHANGED`; follow the job at `GET /api/admin/jobs/{job_id}` \
                    (`events_done` / `events_total` count users' streams, `answers_regraded` \
-                   the answers). The same correction again changes nothing.",
+                   the answers, `open_attempts_corrected` the attempts in progress \
+                   corrected). The same correction again changes nothing.",
     security(("bearer" = [])),
     extensions(("x-roles" = json!(["admin"]))),
     params(("test_id" = String, Path, description = "The test.")),

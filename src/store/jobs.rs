@@ -36,6 +36,11 @@ pub struct Job {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub answers_regraded: Option<u64>,
+    /// A regrade's `QuestionCorrected` events recorded so far: attempts in progress that
+    /// had not answered the question, and will be graded with the correction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub open_attempts_corrected: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -69,6 +74,7 @@ pub struct Counts {
     pub events_done: u64,
     pub events_total: u64,
     pub answers_regraded: Option<u64>,
+    pub open_attempts_corrected: Option<u64>,
 }
 
 /// A job's row: the job as the API shows it, and the node that runs it.
@@ -79,7 +85,8 @@ pub struct StoredJob {
 }
 
 const COLUMNS: &str = "job_id, kind, projection, test_id, node_id, status, events_done, \
-                       events_total, answers_regraded, started_at, finished_at, error";
+                       events_total, answers_regraded, open_attempts_corrected, started_at, \
+                       finished_at, error";
 
 /// A row as sqlx reads it, with the backend's time type `T`.
 type Row<T> = (
@@ -91,6 +98,7 @@ type Row<T> = (
     String,
     i64,
     i64,
+    Option<i64>,
     Option<i64>,
     T,
     Option<T>,
@@ -120,6 +128,7 @@ fn stored<T>(
         done,
         total,
         answers,
+        corrected,
         started_at,
         finished_at,
         error,
@@ -131,6 +140,9 @@ fn stored<T>(
         events_total: counted(total, "events_total", &job_id)?,
         answers_regraded: answers
             .map(|a| counted(a, "answers_regraded", &job_id))
+            .transpose()?,
+        open_attempts_corrected: corrected
+            .map(|c| counted(c, "open_attempts_corrected", &job_id))
             .transpose()?,
         started_at: time(started_at)?,
         finished_at: finished_at.map(&time).transpose()?,
@@ -152,7 +164,7 @@ fn stored<T>(
 /// A database error.
 pub async fn insert(db: &Database, job: &Job, node_id: &str) -> Result<bool, StoreError> {
     let sql = format!(
-        "insert into jobs ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "insert into jobs ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     );
     macro_rules! insert {
         ($pool:expr, $time:expr) => {
@@ -166,6 +178,7 @@ pub async fn insert(db: &Database, job: &Job, node_id: &str) -> Result<bool, Sto
                 .bind(count(job.events_done))
                 .bind(count(job.events_total))
                 .bind(job.answers_regraded.map(count))
+                .bind(job.open_attempts_corrected.map(count))
                 .bind($time(job.started_at))
                 .bind(job.finished_at.map($time))
                 .bind(&job.error)
@@ -190,8 +203,8 @@ pub async fn insert(db: &Database, job: &Job, node_id: &str) -> Result<bool, Sto
 /// # Errors
 /// A database error.
 pub async fn progress(db: &Database, job_id: &str, counts: Counts) -> Result<(), StoreError> {
-    let sql = "update jobs set events_done = $2, events_total = $3, answers_regraded = $4 \
-               where job_id = $1";
+    let sql = "update jobs set events_done = $2, events_total = $3, answers_regraded = $4, \
+               open_attempts_corrected = $5 where job_id = $1";
     macro_rules! update {
         ($pool:expr) => {
             sqlx::query(sql)
@@ -199,6 +212,7 @@ pub async fn progress(db: &Database, job_id: &str, counts: Counts) -> Result<(),
                 .bind(count(counts.events_done))
                 .bind(count(counts.events_total))
                 .bind(counts.answers_regraded.map(count))
+                .bind(counts.open_attempts_corrected.map(count))
                 .execute($pool)
                 .await
                 .map(|_| ())?
@@ -228,7 +242,8 @@ pub async fn finish(
         JobStatus::Done
     };
     let sql = "update jobs set status = $2, finished_at = $3, error = $4, events_done = $5, \
-               events_total = $6, answers_regraded = $7 where job_id = $1";
+               events_total = $6, answers_regraded = $7, open_attempts_corrected = $8 \
+               where job_id = $1";
     macro_rules! update {
         ($pool:expr, $time:expr) => {
             sqlx::query(sql)
@@ -239,6 +254,7 @@ pub async fn finish(
                 .bind(count(counts.events_done))
                 .bind(count(counts.events_total))
                 .bind(counts.answers_regraded.map(count))
+                .bind(counts.open_attempts_corrected.map(count))
                 .execute($pool)
                 .await
                 .map(|_| ())?

@@ -743,6 +743,14 @@ async fn a_correction_reaches_an_open_attempt_before_its_answer(backend: Backend
     // The key of s1 (shown) becomes b; s2 (not shown yet) becomes worth 3 points.
     let job = run_job(&app, body("s1", json!({"answer": "b"}), false)).await;
     assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(
+        (
+            job["answers_regraded"].as_u64(),
+            job["open_attempts_corrected"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "the job counts what its dry run foresaw: {job}"
+    );
     let changed = live.recv_type("SCORE_CHANGED").await;
     assert_eq!(
         (
