@@ -28,7 +28,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod owners;
 pub mod pg_append;
-mod read_stream;
+pub mod read_stream;
 pub mod sqlite_append;
 pub mod streams;
 pub mod takers;

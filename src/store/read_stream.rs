@@ -23,8 +23,9 @@ type Row = (i64, i64, i64, String);
 
 /// The snapshot first, then the events after the sequence it holds, in order; `$1` is the
 /// aggregate type, `$2` the user. Written for both stores (the casts make the columns'
-/// types agree across the union on PostgreSQL).
-const READ: &str = "\
+/// types agree across the union on PostgreSQL). Public so a test can hold PostgreSQL's
+/// plan of it to the primary key.
+pub const READ: &str = "\
     select cast(0 as bigint), current_snapshot, last_sequence, cast(payload as text) \
       from snapshots where aggregate_type = $1 and aggregate_id = $2 \
     union all \

@@ -424,3 +424,41 @@ crate::on_both_backends!(
     tampering_is_detected,
     a_snapshot_that_no_longer_fits_is_rebuilt
 );
+
+/// Every connect reads its user's stream, and a pooled connection caches a generic plan
+/// of that read after five of them: one cached while the events table was young (no
+/// statistics yet, as on a new database) must still read by the primary key. With an
+/// index that led with the aggregate type alone (20261202000001), the planner found it as
+/// cheap on an empty table, and every connect then read every stream's events: 468
+/// connects/s instead of about 2,500 after 19,000 users with empty streams connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_planned_on_a_young_table_uses_the_primary_key() {
+    let Some(app) = crate::helpers::spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let Database::Postgres(pool) = &app.state.db else {
+        unreachable!("a PostgreSQL test");
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let read = assessd::store::read_stream::READ;
+    sqlx::query(&format!("prepare young_read(text, text) as {read}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar("explain execute young_read('user', 'someone')")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using events_pkey on events")
+            && !plan.contains("using events_by_commit"),
+        "the events are not read by their primary key:\n{plan}"
+    );
+    drop(conn);
+    app.stop().await;
+}
