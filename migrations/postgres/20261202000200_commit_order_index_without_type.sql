@@ -6,8 +6,9 @@
 -- database, or one whose events came in a burst since the last analyze) read the stream
 -- through this index: every event of every user for each connect. Measured with
 -- benches/run.sh's sequence (19,000 users with empty streams connect, then 5,000 users
--- with an attempt reconnect at 5,000/s): 468 and 508 connects/s, p50 5 s, against about
--- 2,500/s on a server that had not planned the read on the young table.
+-- with an attempt reconnect at 5,000/s): 468 and 508 connects/s, p50 5 s, against 2,478
+-- to 3,728/s on a server that had not planned the read on the young table, and 3,920/s
+-- after the idle scenario with this index.
 --
 -- What the type prefix was for stays done: the projection feed reads through
 -- events_in_commit_order(), whose own settings (no bitmap scans, no sorts) keep it on

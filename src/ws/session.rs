@@ -242,8 +242,8 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut next_ping = last_seen + ping_interval;
         // One timer for the idle timeout, the next ping and the attempt's deadline, set
-        // each turn to the earliest of them: it lives in every idle session's task, where
-        // one timer for each measured 112 bytes (and the ping's interval boxed another).
+        // each turn to the earliest of them: it lives in every idle session's task, and a
+        // timer is 112 bytes (three of them before, the ping's boxed in its interval).
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         let shutdown = self.state.shutdown.clone();
@@ -253,7 +253,8 @@ impl Session {
         loop {
             let deadline = self.deadline();
             let idle_at = last_seen + idle_timeout;
-            let wake = deadline.map_or(idle_at.min(next_ping), |d| d.min(idle_at).min(next_ping));
+            let wake = idle_at.min(next_ping);
+            let wake = deadline.map_or(wake, |d| d.min(wake));
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
